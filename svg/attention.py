@@ -1,0 +1,149 @@
+"""One switch for scaled dot-product attention with optional per-head QK-LayerNorm.
+
+Backends:
+    ``sdpa``     torch ``F.scaled_dot_product_attention`` (the reference's call; default scale head_dim**-0.5).
+    ``triton``   ``kernels.flash_attention`` (fused QK-LayerNorm + attention), imported lazily.
+    ``xformers`` ``xformers.ops.memory_efficient_attention``, imported lazily.
+    ``auto``     sdpa on CPU; on CUDA the Triton kernel when it imports, else sdpa.
+
+The default comes from the environment variable ``SVG_ATTENTION`` (read when first needed, not at import) and
+can be changed with :func:`set_attention_backend`.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import os
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AttentionBackend", "set_attention_backend", "get_attention_backend", "attention", "NormParams"]
+
+# (weight (D,), bias (D,), eps) of a LayerNorm over head_dim, shared by all heads.
+NormParams = tuple[torch.Tensor, torch.Tensor, float]
+
+
+class AttentionBackend(str, enum.Enum):
+    SDPA = "sdpa"
+    TRITON = "triton"
+    XFORMERS = "xformers"
+    AUTO = "auto"
+
+
+_backend: Optional[AttentionBackend] = None
+
+
+def _parse(name: str | AttentionBackend) -> AttentionBackend:
+    try:
+        return AttentionBackend(name)
+    except ValueError:
+        allowed = [b.value for b in AttentionBackend]
+        raise ValueError(f"attention backend={name!r} is invalid; allowed: {allowed}") from None
+
+
+def set_attention_backend(name: str | AttentionBackend) -> None:
+    """Select the backend used by :func:`attention` for the whole process.
+
+    Raises:
+        ValueError: unknown name.
+        RuntimeError: ``triton``/``xformers`` when that backend cannot be imported.
+    """
+    global _backend
+    backend = _parse(name)
+    if backend is AttentionBackend.TRITON:
+        _triton_fn()
+    elif backend is AttentionBackend.XFORMERS:
+        _xformers_fn()
+    _backend = backend
+
+
+def get_attention_backend() -> AttentionBackend:
+    """The selected backend (``SVG_ATTENTION`` or ``auto`` if never set)."""
+    global _backend
+    if _backend is None:
+        _backend = _parse(os.environ.get("SVG_ATTENTION", "auto"))
+    return _backend
+
+
+def _triton_fn() -> Callable:
+    try:
+        kernels = importlib.import_module("kernels")
+        return getattr(kernels, "flash_attention")
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(
+            "attention backend 'triton' needs kernels.flash_attention, which could not be imported "
+            f"({exc}); use SVG_ATTENTION=sdpa or auto"
+        ) from exc
+
+
+def _xformers_fn() -> Callable:
+    try:
+        ops = importlib.import_module("xformers.ops")
+    except ImportError as exc:
+        raise RuntimeError("attention backend 'xformers' needs the xformers package; use sdpa or auto") from exc
+    return ops.memory_efficient_attention
+
+
+def _layer_norm(x: torch.Tensor, params: Optional[NormParams]) -> torch.Tensor:
+    if params is None:
+        return x
+    weight, bias, eps = params
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+_auto_cuda: Optional[AttentionBackend] = None
+
+
+def _resolve(q: torch.Tensor) -> AttentionBackend:
+    global _auto_cuda
+    backend = get_attention_backend()
+    if backend is not AttentionBackend.AUTO:
+        return backend
+    if q.device.type != "cuda":
+        return AttentionBackend.SDPA
+    if _auto_cuda is None:  # decided once, so later (compiled) calls only read a global
+        try:
+            _triton_fn()
+            _auto_cuda = AttentionBackend.TRITON
+        except RuntimeError:
+            _auto_cuda = AttentionBackend.SDPA
+    return _auto_cuda
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_norm: Optional[NormParams] = None,
+    k_norm: Optional[NormParams] = None,
+) -> torch.Tensor:
+    """softmax(LN(q)·LN(k)ᵀ / sqrt(D))·v, with LN the optional per-head LayerNorm over head_dim.
+
+    Args:
+        q, k, v: (B, H, N, D), same dtype and device.
+        q_norm, k_norm: optional ``(weight (D,), bias (D,), eps)`` applied to q / k before attention
+            (SiT QK-norm, svg_reference.md §4: LayerNorm(head_dim), eps 1e-5, shared across heads).
+
+    Returns:
+        (B, H, N, D) attention output, dtype of q.
+
+    Raises:
+        ValueError: q/k/v not 4-D or with mismatched shapes.
+        RuntimeError: the selected backend is not available.
+    """
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must share a (B, H, N, D) shape; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    backend = _resolve(q)
+    if backend is AttentionBackend.TRITON:
+        return _triton_fn()(q, k, v, q_norm=q_norm, k_norm=k_norm)
+    q = _layer_norm(q, q_norm)
+    k = _layer_norm(k, k_norm)
+    if backend is AttentionBackend.XFORMERS:
+        # xformers wants (B, N, H, D).
+        out = _xformers_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v)
