@@ -1,0 +1,143 @@
+"""Robust decoding of uploaded images into RGB arrays, and PNG encoding of results. No torch.
+
+Policy (cases B16, B20, B21, B23, B37):
+
+* Only bytes come in (never an ``UploadFile``), so nothing unpicklable crosses to the worker.
+* The pixel count is read from the header **before** any pixel is decoded; above ``max_pixels`` (set below PIL's
+  89.5 MP default) the upload is refused with :class:`ImageTooLarge` (HTTP 413) and no memory is spent.
+* Not an image, empty, or truncated → :class:`InvalidImage` (HTTP 400 ``invalid image``). Truncated files are
+  refused, never half-decoded with grey padding: a silent partial image would be a wrong answer.
+* Every PIL mode is normalised to 8-bit RGB: EXIF orientation applied; 16-bit and 32-bit integer/float greyscale
+  scaled by their real range; CMYK and YCbCr converted; palette images with ``tRNS`` and every mode with alpha
+  (LA, RGBA, PA, La, RGBa) composited on a fixed mid-grey background (128, 128, 128), so transparency never becomes
+  a fourth channel that could be mistaken for a latent (B16).
+* Any size and aspect is accepted: :func:`to_model_resolution` resizes the short side to the model resolution
+  (bicubic) and centre-crops, the ADM/DiT ImageNet preprocessing; the feature shape is then fixed (B37).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+BACKGROUND_RGB = (128, 128, 128)  # fixed compositing background for transparent pixels (mid grey)
+
+
+class InvalidImage(ValueError):
+    """The bytes are not a decodable image (non-image, empty, truncated, unsupported)."""
+
+
+class ImageTooLarge(ValueError):
+    """The header declares more pixels than allowed (decompression-bomb guard)."""
+
+
+def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> np.ndarray:
+    """Decode uploaded bytes to an RGB image.
+
+    Args:
+        data: the raw file bytes.
+        max_pixels: refuse images whose header declares more than this many pixels.
+        field: the request field name, quoted in errors.
+
+    Returns:
+        ``(H, W, 3)`` uint8 array.
+
+    Raises:
+        InvalidImage: empty, not an image, truncated or undecodable.
+        ImageTooLarge: width × height above ``max_pixels``.
+    """
+    if not data:
+        raise InvalidImage(f"{field}: invalid image (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # lazy: reads the header only
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageTooLarge(f"{field}: {w}x{h} = {w * h} pixels exceeds max_upload_pixels={max_pixels}")
+            if w < 1 or h < 1:
+                raise InvalidImage(f"{field}: invalid image size {w}x{h}")
+            img.load()  # full decode; raises OSError on truncated data
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except (ImageTooLarge, InvalidImage):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"{field}: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(f"{field}: invalid image (not a recognised image format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+        raise InvalidImage(f"{field}: invalid image ({exc})") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Normalise any PIL mode to (H, W, 3) uint8 (see the module docstring)."""
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if mode.startswith("I;16") else (float(np.nanmin(arr)), float(np.nanmax(arr)))
+        if mode == "I" and arr.min() >= 0 and arr.max() <= 65535:
+            lo, hi = 0.0, 65535.0 if arr.max() > 255 else 255.0
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr = np.nan_to_num((arr - lo) * scale, nan=0.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    elif mode in ("La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode in ("LA", "RGBA"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, BACKGROUND_RGB + (255,))
+        img = Image.alpha_composite(bg, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def to_model_resolution(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` (bicubic) and centre-crop to ``size × size``.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8. size: model resolution in pixels.
+
+    Returns:
+        ``(size, size, 3)`` uint8.
+    """
+    img = Image.fromarray(rgb)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_mask(data: bytes, *, max_pixels: int, size: int) -> np.ndarray:
+    """Decode a mask image to ``(size, size)`` float32 in [0, 1] (1 = region), with the same crop as the image."""
+    rgb = decode_image(data, max_pixels=max_pixels, field="mask")
+    return to_model_resolution(rgb, size).astype(np.float32).mean(axis=2) / 255.0
+
+
+def box_mask(box: list[int], image_hw: tuple[int, int], size: int) -> np.ndarray:
+    """A rectangular mask ``[x0, y0, x1, y1]`` in input pixels, mapped through the same resize/crop.
+
+    Raises:
+        ValueError: an empty or inverted box, naming the value and the allowed range.
+    """
+    h, w = image_hw
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 and 0 <= y0 < y1):
+        raise ValueError(f"box={box}: need 0 <= x0 < x1 and 0 <= y0 < y1 (image is {w}x{h})")
+    canvas = np.zeros((h, w, 3), dtype=np.uint8)
+    canvas[min(y0, h):min(y1, h), min(x0, w):min(x1, w)] = 255
+    return to_model_resolution(canvas, size).astype(np.float32).mean(axis=2) / 255.0
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """``(H, W, 3)`` uint8 → PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
