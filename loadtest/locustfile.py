@@ -1,0 +1,176 @@
+"""Locust scenarios for the SVG server: weighted generate / encode / edit / interpolate traffic with a data shape.
+
+Run it through the headless runner (``python -m loadtest.run``) or directly::
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless --shape-name burst \
+        --shape-users 16 --shape-duration 5m --csv out/locust --csv-full-history --html out/report.html
+
+Scenario weights (tasks of :class:`SVGUser`): generate 6 (mixed steps, guidance and image counts), encode 2 (a PNG
+made in memory with PIL), edit 1 (image + rectangular mask), interpolate 1, plus light ``/health`` and ``/models``
+reads. Every non-2xx answer is a failure, overload answers (429/503) included: that is what a client sees.
+
+The :class:`DataShape` load shape reads ``shapes/<name>.json`` (or a path) and scales it to ``--shape-duration``
+and ``--shape-users``; it ends the run. At shutdown a ``quitting`` hook sets the process exit code from the SLO
+thresholds ``--slo-max-fail-ratio`` / ``--slo-max-p99-ms`` (0 pass, 1 breached), instead of Locust's default of
+exiting 1 on any single failure (case T25).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+
+from locust import HttpUser, LoadTestShape, between, events, task
+from PIL import Image, ImageDraw
+
+# Locust puts this file's folder on sys.path, so the sibling modules import by their plain names.
+from shape_spec import load_shape, parse_duration
+from slo import EXIT_PASS, EXIT_SLO_BREACHED, RunStats, Thresholds, breaches
+
+logger = logging.getLogger("svg.loadtest")
+
+# Mixes drawn per request. Steps are fractions of --max-steps (so one file serves a CPU smoke run and a GPU run).
+STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.04)
+IMAGE_COUNTS = (1, 1, 1, 2, 4)
+GUIDANCE_SCALES = (1.0, 1.0, 4.0)  # 1.0 = no guidance (no unconditional twin rows); 4.0 = the paper's CFG setting.
+GUIDANCE_MODES = ("cfg", "cfg_interval")
+NUM_CLASSES = 1000
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser) -> None:
+    """Our options, available as ``environment.parsed_options.<name>`` (and in the web UI)."""
+    parser.add_argument("--shape-name", default="steady", help="built-in shape (steady|burst|ramp) or a .json path")
+    parser.add_argument("--shape-users", type=int, default=4, help="peak number of concurrent users")
+    parser.add_argument("--shape-duration", default="20s", help="run length, e.g. 20s, 5m")
+    parser.add_argument("--max-steps", type=int, default=25, help="largest sampling step count a request asks for")
+    parser.add_argument("--image-size", type=int, default=256, help="side in pixels of uploaded test images")
+    parser.add_argument("--slo-max-fail-ratio", type=float, default=0.01, help="allowed failure ratio, 0..1")
+    parser.add_argument("--slo-max-p99-ms", type=float, default=30_000.0, help="allowed p99 latency, ms")
+
+
+def _png(size: int, seed: int, mask: bool = False) -> bytes:
+    """A PNG of ``size`` x ``size`` pixels: random colour blocks (RGB), or a white rectangle on black (L, a mask)."""
+    rng = random.Random(seed)
+    if mask:
+        image = Image.new("L", (size, size), 0)
+        x0, y0 = rng.randrange(size // 2), rng.randrange(size // 2)
+        ImageDraw.Draw(image).rectangle((x0, y0, x0 + size // 3, y0 + size // 3), fill=255)
+    else:
+        image = Image.new("RGB", (size, size))
+        draw = ImageDraw.Draw(image)
+        block = max(size // 8, 1)
+        for y in range(0, size, block):
+            for x in range(0, size, block):
+                colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+                draw.rectangle((x, y, x + block - 1, y + block - 1), fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class SVGUser(HttpUser):
+    """One client: think time 0.1-0.5 s between requests, weighted scenarios as tasks."""
+
+    wait_time = between(0.1, 0.5)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.max_steps = max(1, options.max_steps if options else 25)
+        size = options.image_size if options else 256
+        self.images = [_png(size, seed) for seed in range(4)]
+        self.masks = [_png(size, seed, mask=True) for seed in range(4)]
+
+    def _steps(self) -> int:
+        return max(1, round(self.max_steps * random.choice(STEP_FRACTIONS)))
+
+    @task(6)
+    def generate(self) -> None:
+        cfg = random.choice(GUIDANCE_SCALES)
+        body = {
+            "class_id": random.randrange(NUM_CLASSES),
+            "num_images": random.choice(IMAGE_COUNTS),
+            "steps": self._steps(),
+            "cfg": cfg,
+            "seed": random.randrange(2**31),
+        }
+        if cfg > 1.0:
+            body["guidance"] = random.choice(GUIDANCE_MODES)
+        self.client.post("/generate", json=body, name="/generate")
+
+    @task(2)
+    def encode(self) -> None:
+        files = {"image": ("test.png", random.choice(self.images), "image/png")}
+        self.client.post("/encode", files=files, name="/encode")
+
+    @task(1)
+    def edit(self) -> None:
+        files = {
+            "image": ("image.png", random.choice(self.images), "image/png"),
+            "mask": ("mask.png", random.choice(self.masks), "image/png"),
+        }
+        data = {
+            "class_id": str(random.randrange(NUM_CLASSES)),
+            "strength": str(random.choice((0.3, 0.6, 0.9))),
+            "steps": str(self._steps()),
+            "cfg": str(random.choice(GUIDANCE_SCALES)),
+            "region": random.choice(("inside", "outside")),
+            "seed": str(random.randrange(2**31)),
+        }
+        self.client.post("/edit", files=files, data=data, name="/edit")
+
+    @task(1)
+    def interpolate(self) -> None:
+        body = {
+            "class_id": random.randrange(NUM_CLASSES),
+            "seed_a": random.randrange(2**31),
+            "seed_b": random.randrange(2**31),
+            "num_points": random.choice((3, 5)),
+            "steps": self._steps(),
+            "mode": random.choice(("slerp", "lerp")),
+        }
+        self.client.post("/interpolate", json=body, name="/interpolate")
+
+    @task(1)
+    def read_only(self) -> None:
+        self.client.get(random.choice(("/health", "/models")))
+
+
+class DataShape(LoadTestShape):
+    """Load shape from data (``shapes/*.json``), scaled to ``--shape-duration`` and ``--shape-users``.
+
+    Returns None after the duration, which stops the run. Spawn rate equals the peak user count per second, so each
+    stage change takes at most about a second.
+    """
+
+    def tick(self):
+        options = self.runner.environment.parsed_options
+        if not hasattr(self, "_shape"):
+            self._shape = load_shape(options.shape_name)
+            self._duration_s = parse_duration(options.shape_duration)
+        users = self._shape.users_at(self.get_run_time(), self._duration_s, options.shape_users)
+        if users is None:
+            return None
+        return users, float(options.shape_users)
+
+
+@events.quitting.add_listener
+def _slo_exit_code(environment, **_kwargs) -> None:
+    """Set the exit code from the SLO thresholds (0 pass, 1 breached) rather than 'any failure is fatal'."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    total = environment.stats.total
+    stats = RunStats(
+        requests=total.num_requests,
+        failures=total.num_failures,
+        requests_per_s=total.total_rps,
+        p50_ms=total.get_response_time_percentile(0.50) or 0.0,
+        p95_ms=total.get_response_time_percentile(0.95) or 0.0,
+        p99_ms=total.get_response_time_percentile(0.99) or 0.0,
+    )
+    thresholds = Thresholds(max_fail_ratio=options.slo_max_fail_ratio, max_p99_ms=options.slo_max_p99_ms)
+    found = breaches(stats, thresholds)
+    environment.process_exit_code = EXIT_SLO_BREACHED if found else EXIT_PASS
+    logger.info("SLO %s", "breached: " + "; ".join(found) if found else "met")

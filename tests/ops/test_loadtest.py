@@ -1,0 +1,119 @@
+"""Load-test package: shapes, SLO arithmetic, and headless runs against a stub server (cases T25, T26)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.run import RunError, check_csv_files
+from loadtest.shape_spec import Shape, Stage, load_shape, parse_duration
+from loadtest.slo import RunStats, Thresholds, breaches, read_stats
+
+from .stub_server import StubServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_builtin_shapes_scale_to_duration_and_peak():
+    burst = load_shape("burst")
+    # 40 s run, peak 16: quarter load (4), the full burst in the middle 20 %, quarter load again, then stop.
+    assert [burst.users_at(t, 40.0, 16) for t in (0.0, 15.9, 16.0, 23.9, 24.0, 39.9)] == [4, 4, 16, 16, 4, 4]
+    assert burst.users_at(40.0, 40.0, 16) is None
+    ramp = load_shape("ramp")
+    counts = [ramp.users_at(t, 100.0, 8) for t in range(0, 100, 10)]
+    assert counts == sorted(counts) and counts[0] == 2 and counts[-1] == 8
+    assert load_shape("steady").users_at(0.0, 10.0, 3) == 3
+
+
+def test_shape_data_is_validated_with_the_field_named(tmp_path):
+    with pytest.raises(ValueError, match=r"stages\[1\].until"):
+        Shape("bad", (Stage(0.5, 1.0), Stage(0.4, 1.0)))
+    with pytest.raises(ValueError, match=r"stages\[0\].users = 1.5"):
+        Shape("bad", (Stage(1.0, 1.5),))
+    path = tmp_path / "typo.json"
+    path.write_text('{"stages": [{"until": 1.0, "user": 1.0}]}')
+    with pytest.raises(ValueError, match="unknown keys \\['user'\\]"):
+        load_shape(str(path))
+    with pytest.raises(ValueError, match="not a built-in shape"):
+        load_shape("spiky")
+    assert parse_duration("1h30m") == 5400.0 and parse_duration("20s") == 20.0 and parse_duration("90") == 90.0
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("20x")
+
+
+def test_slo_breaches_name_the_threshold():
+    stats = RunStats(requests=200, failures=10, requests_per_s=5.0, p50_ms=100, p95_ms=900, p99_ms=2500)
+    assert breaches(stats, Thresholds(max_fail_ratio=0.10, max_p99_ms=3000)) == []
+    assert breaches(stats, Thresholds(max_fail_ratio=0.01, max_p99_ms=3000)) == ["failure ratio 5.00% > 1.00%"]
+    assert breaches(stats, Thresholds(max_fail_ratio=0.10, max_p99_ms=2000)) == ["p99 2500 ms > 2000 ms"]
+    empty = RunStats(requests=0, failures=0, requests_per_s=0, p50_ms=0, p95_ms=0, p99_ms=0)
+    assert breaches(empty, Thresholds()) == ["no request completed"]
+    with pytest.raises(ValueError, match="max_fail_ratio = 1.5"):
+        Thresholds(max_fail_ratio=1.5)
+
+
+def test_missing_or_empty_csv_is_a_run_error(tmp_path):
+    with pytest.raises(RunError, match="did not write"):
+        check_csv_files(tmp_path)
+    for kind in ("stats", "failures", "stats_history"):
+        (tmp_path / f"locust_{kind}.csv").write_text("Type,Name\n")
+    with pytest.raises(RunError, match="locust_stats.csv has 1 lines"):
+        check_csv_files(tmp_path)
+
+
+def _run(url: str, out: Path, max_fail_ratio: float) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "loadtest.run", "--url", url, "--ready-path", "/health", "--duration", "6s",
+        "--users", "4", "--shape", "steady", "--max-steps", "2", "--image-size", "32",
+        "--max-fail-ratio", str(max_fail_ratio), "--out", str(out),
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_exit_code_follows_the_fail_ratio_threshold_and_csv_is_written(tmp_path):
+    """T25 + T26: 5 % of /generate fail; threshold 1 % -> exit 1, threshold 10 % -> exit 0; CSVs non-empty."""
+    with StubServer(fail_every=20) as url:
+        strict = _run(url, tmp_path / "strict", 0.01)
+        lenient = _run(url, tmp_path / "lenient", 0.10)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "FAIL (failure ratio" in strict.stdout
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    assert "-> PASS" in lenient.stdout
+    for out in (tmp_path / "strict", tmp_path / "lenient"):
+        check_csv_files(out)  # stats, failures, stats_history: header + data rows (T26)
+        stats = read_stats(out / "locust_stats.csv")
+        assert stats.per_endpoint["POST /generate"]["failures"] >= 1
+        assert {"POST /encode", "POST /edit", "POST /interpolate"} <= set(stats.per_endpoint)
+        assert (out / "report.html").stat().st_size > 1000
+        assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with open(out / "summary.csv", newline="") as handle:
+            (row,) = list(csv.DictReader(handle))
+        assert int(row["requests"]) == stats.requests and row["shape"] == "steady"
+
+
+def test_unreachable_server_is_a_run_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.run", "--url", "http://127.0.0.1:9", "--ready-timeout", "1",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "did not answer 200" in result.stderr
+
+
+def test_loadtest_imports_nothing_from_the_repository():
+    import ast
+
+    ours = {"svg", "server", "kernels", "engines", "training", "ops", "tests"}
+    for path in (REPO / "loadtest").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] not in ours, f"{path.name} imports {name}"
