@@ -1,0 +1,184 @@
+"""torch.compile (inductor) engine with static row buckets and, on GPU, CUDA graphs.
+
+Design (gpt-fast style: compile at the call site, report compile time apart from run time):
+
+* ``dynamic=False``: every bucket gets its own fully static graph, which is what CUDA-graph capture needs and what
+  lets inductor pick the best GEMM tiles per size. Requests pad up to the next bucket (:mod:`engines.buckets`).
+* Dynamo's recompile limit (default 8 per code object) is raised explicitly to cover every bucket of every
+  compiled engine in the process; past the limit Dynamo would silently fall back to eager (case T17).
+* ``fullgraph=True``: a graph break is a build error, not a silent slowdown (case T18).
+* CUDA graphs (``mode="reduce-overhead"``, CUDA-graph trees) on GPU: the outputs live in the graph's memory pool and
+  the next replay overwrites them, so every call returns a clone the caller owns (the aliasing hazard in issue 6).
+  All buckets share one pool, so graph memory grows with the largest bucket, not the sum (case T20).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch._dynamo
+from torch import nn
+
+from engines.base import DecodeAdapter, Engine, EngineError, _repeat_rows
+from engines.buckets import bucket_for, default_buckets, validate_buckets
+from engines.precision import autocast_context
+
+# Recompiles reserved by all compiled engines of this process; the dynamo limit is kept >= this.
+_RESERVED_RECOMPILES = 0
+
+
+def _reserve_recompiles(count: int) -> None:
+    """Raise dynamo's per-code-object recompile limit so ``count`` more static graphs fit (T17)."""
+    global _RESERVED_RECOMPILES
+    _RESERVED_RECOMPILES += count
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), _RESERVED_RECOMPILES + 8))
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, _RESERVED_RECOMPILES + 64)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CompiledEngine(Engine):
+    """``torch.compile`` engine: same call signature and result as the wrapped module, within fp tolerance.
+
+    Args:
+        module: the model (``svg.sit.SiT`` or a :class:`~engines.base.DecodeAdapter`); the engine takes ownership.
+        device, dtype: as for :class:`~engines.base.Engine` (fp32 on CPU, bf16 on GPU by policy).
+        buckets: row counts to compile; default ``default_buckets(max_rows)``. Must include every row count the
+            scheduler forms after padding, i.e. its ``max_rows`` with unconditional twins counted.
+        max_rows: largest row count when ``buckets`` is not given (default 8).
+        cuda_graphs: capture CUDA graphs (default: True on CUDA, impossible elsewhere).
+        mode: torch.compile mode; default ``"reduce-overhead"`` with CUDA graphs, ``"max-autotune-no-cudagraphs"``
+            on CUDA without, inductor's default on CPU.
+
+    Raises:
+        EngineError: ``cuda_graphs=True`` on a non-CUDA device; a call with more rows than the largest bucket.
+    """
+
+    name = "compile"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        buckets: Sequence[int] | None = None,
+        max_rows: int = 8,
+        cuda_graphs: bool | None = None,
+        mode: str | None = None,
+    ) -> None:
+        self.buckets = validate_buckets(buckets) if buckets else default_buckets(max_rows)
+        super().__init__(module, device=device, dtype=dtype, max_rows=self.buckets[-1])
+        on_cuda = self.device.type == "cuda"
+        if cuda_graphs is None:
+            cuda_graphs = on_cuda
+        if cuda_graphs and not on_cuda:
+            raise EngineError(f"cuda_graphs=True needs a CUDA device; this engine runs on {self.device}")
+        self.cuda_graphs = cuda_graphs
+        if mode is None and on_cuda:
+            mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+        self.mode = mode
+        self.bucket_seconds: dict[int, tuple[float, float]] = {}
+        self._compiled = None
+
+    def build(self) -> "CompiledEngine":
+        """Wrap the forward in ``torch.compile`` (lazy: graphs are compiled per bucket in :meth:`warmup`)."""
+        _reserve_recompiles(len(self.buckets))
+        self._compiled = torch.compile(self._forward, fullgraph=True, dynamic=False, mode=self.mode)
+        return self
+
+    def _forward(self, *args: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.dtype):
+            return self.module(*args).float()
+
+    def padded_rows(self, rows: int) -> int:
+        """The bucket a call with ``rows`` rows runs at.
+
+        Raises:
+            EngineError: ``rows`` < 1 or above the largest bucket (the message names the limit).
+        """
+        super().padded_rows(rows)
+        return bucket_for(rows, self.buckets)
+
+    def warmup(self, row_counts: Sequence[int] | None = None, example: Sequence[torch.Tensor] | None = None) -> None:
+        """Compile and run every bucket that ``row_counts`` (default: all buckets) pads to.
+
+        The first call of a bucket (trace + inductor codegen + CUDA-graph capture) is added to ``compile_seconds``,
+        the second (a plain replay) to ``warmup_seconds``; ``bucket_seconds[b] = (compile_s, run_s)``.
+
+        Args:
+            row_counts: row counts the scheduler can form.
+            example: one-row example inputs, e.g. ``(x[:1], t[:1], y[:1])`` for the SiT, ``(latent[:1],)`` for the
+                decoder. Values do not matter, shapes and dtypes do.
+
+        Raises:
+            EngineError: no example given, or a row count beyond the largest bucket.
+        """
+        if example is None:
+            raise EngineError("warmup of a compiled engine needs one-row example inputs (example=...)")
+        if self._compiled is None:
+            self.build()
+        # One eager call first: modules that initialise global state lazily (e.g. svg.attention's backend choice)
+        # would otherwise change a guarded global during the first trace and force a recompile of bucket 1.
+        with torch.no_grad():
+            self._forward(*[e.to(self.device)[:1] for e in example])
+        sizes = sorted({self.padded_rows(r) for r in (row_counts or self.buckets)})
+        for size in sizes:
+            inputs = [_repeat_rows(e.to(self.device), size) for e in example]
+            timings = []
+            for _ in range(2):
+                _sync(self.device)
+                start = time.perf_counter()
+                self(*inputs)
+                _sync(self.device)
+                timings.append(time.perf_counter() - start)
+            self.bucket_seconds[size] = (timings[0], timings[1])
+            self.compile_seconds += timings[0]
+            self.warmup_seconds += timings[1]
+
+    @torch.no_grad()
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        """Pad rows to the bucket, run the compiled graph, return the first ``rows`` rows as float32 (a copy)."""
+        if self._compiled is None:
+            self.build()
+        rows = self._check_rows(args)
+        size = self.padded_rows(rows)
+        padded = []
+        for arg in args:
+            arg = arg.to(self.device)
+            if size > rows:  # pad with zeros: t = 0, class 0, a zero latent are all valid inputs
+                arg = torch.cat([arg, arg.new_zeros((size - rows, *arg.shape[1:]))])
+            padded.append(arg)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            # The graph pool output is overwritten by the next replay: hand back a copy the caller owns.
+            return self._compiled(*padded)[:rows].clone()
+        out = self._compiled(*padded)
+        return out if size == rows else out[:rows]
+
+    def close(self) -> None:
+        """Drop the compiled callable (dynamo's global cache is left to other engines)."""
+        self._compiled = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class CompiledDecoderEngine(CompiledEngine):
+    """:class:`CompiledEngine` for the decoder: ``engine(latent (R, C, h, w)) -> (R, 3, H, W)`` float32.
+
+    Args:
+        decoder: ``SVGAutoencoder`` (its ``decode`` is compiled) or a bare decoder module.
+        clamp: clamp images to [-1, 1] (reference behaviour).
+        **kwargs: as for :class:`CompiledEngine`.
+    """
+
+    def __init__(self, decoder: nn.Module, *, clamp: bool = True, **kwargs) -> None:
+        super().__init__(DecodeAdapter(decoder, clamp), **kwargs)
