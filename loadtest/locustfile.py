@@ -34,7 +34,9 @@ logger = logging.getLogger("svg.loadtest")
 STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.04)
 IMAGE_COUNTS = (1, 1, 1, 2, 4)
 GUIDANCE_SCALES = (1.0, 1.0, 4.0)  # 1.0 = no guidance (no unconditional twin rows); 4.0 = the paper's CFG setting.
-GUIDANCE_MODES = ("cfg", "cfg_interval")
+GUIDANCE_MODES = ("constant", "cfg_star")
+SAMPLERS = ("euler", "euler", "heun")
+TIMESTEP_SHIFTS = (0.15, 0.15, 0.3)  # 0.15 is the paper's sampling default
 NUM_CLASSES = 1000
 
 
@@ -87,16 +89,16 @@ class SVGUser(HttpUser):
 
     @task(6)
     def generate(self) -> None:
-        cfg = random.choice(GUIDANCE_SCALES)
         body = {
             "class_id": random.randrange(NUM_CLASSES),
             "num_images": random.choice(IMAGE_COUNTS),
             "steps": self._steps(),
-            "cfg": cfg,
+            "cfg": random.choice(GUIDANCE_SCALES),
+            "guidance_mode": random.choice(GUIDANCE_MODES),
+            "timestep_shift": random.choice(TIMESTEP_SHIFTS),
+            "sampler": random.choice(SAMPLERS),
             "seed": random.randrange(2**31),
         }
-        if cfg > 1.0:
-            body["guidance"] = random.choice(GUIDANCE_MODES)
         self.client.post("/generate", json=body, name="/generate")
 
     @task(2)
