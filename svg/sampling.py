@@ -322,7 +322,8 @@ class Trajectory:
         grid: (steps + 1,) time grid from :func:`time_grid`, increasing from 0 to 1 (or decreasing, for inversion).
         guidance: :class:`Guidance`.
         solver: :class:`Solver` or its value.
-        start: first step index (> 0 for SDEdit, which starts at ``grid[start]``).
+        start: first step index (> 0 for SDEdit, which starts at ``grid[start]``; ``steps`` gives a trajectory that
+            is done on creation and returns ``z`` unchanged).
         num_classes: the model's class count; the null label equals it.
         edit: optional :class:`EditState` (masked editing).
 
@@ -361,8 +362,8 @@ class Trajectory:
         if isinstance(label, bool) or not isinstance(label, int) or not (0 <= label < self.num_classes
                                                                            or unconditional):
             raise _invalid("label", label, f"an integer in [0, {self.num_classes - 1}]")
-        if not 0 <= self.start < self.steps:
-            raise _invalid("start", self.start, f"an integer in [0, {self.steps - 1}]")
+        if isinstance(self.start, bool) or not isinstance(self.start, int) or not 0 <= self.start <= self.steps:
+            raise _invalid("start", self.start, f"an integer in [0, {self.steps}] ({self.steps}: nothing to do)")
         self._times = self.grid.tolist()  # python floats (exact float32 values): no device syncs in the loop
         self._steps_dt = self.grid.diff().tolist()  # float32 differences, as the reference
         self.index = self.start
@@ -398,11 +399,8 @@ class Trajectory:
         """
         if self.done:
             raise RuntimeError("trajectory is done; it has no pending evaluation")
-        if self.stage == 0:
-            z, t = self.z, self._times[self.index]
-        else:
-            z, t = self.z, self._times[self.index + 1]
-        return Pending(z, t, self._coefficients(t)[2] is not None)
+        t = self._times[self.index + self.stage]  # Heun's second stage evaluates the predictor at t_{i+1}
+        return Pending(self.z, t, self._coefficients(t)[2] is not None)
 
     @property
     def eval_label(self) -> int:
@@ -429,6 +427,7 @@ class Trajectory:
             raise _invalid("v_uncond", None if v_uncond is None else "tensor",
                            "a tensor" if guided else "None (this evaluation is not guided)")
         _, mult, w = self._coefficients(t)
+        self.rows += 2 if guided else 1
         v = v_row.float() * mult
         if w is not None:
             v = _cfg(v, v_uncond.float(), torch.tensor(w, dtype=torch.float32, device=v.device))
