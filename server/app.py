@@ -1,0 +1,222 @@
+"""FastAPI application factory: middleware (request id, body limit, auth, metrics), error mapping, lifespan.
+
+Request lifecycle::
+
+    ASGI  ->  GuardMiddleware: request id, 413 on Content-Length / streamed bytes above max_upload_bytes,
+              401 without the bearer key (except /health, /ready, /metrics, docs), per-request metrics
+          ->  route (server.routes): validate (422), decode uploads off the event loop, hand work to the Worker
+          ->  Worker thread (owns the device) -> future -> response (PNG or JSON)
+
+Error mapping (docs/server.md): 400 invalid image, 401 bad/missing key, 406 ``Accept: image/png`` with several
+images, 413 body or image too large, 422 invalid field (names field, value, allowed range), 429 queue full with
+``Retry-After``, 499 client went away (logged and counted only), 503 not ready, 504 deadline, 500 only for our own
+bugs and non-finite outputs, always with the ``request_id``.
+
+Example::
+
+    from server.app import create_app
+    from server.config import ServerConfig
+    app = create_app(ServerConfig(model_dir="models/demo", device="cpu"))
+    # uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from server.config import ServerConfig
+from server.images import ImageTooLarge, InvalidImage
+from server.metrics import ServerMetrics, endpoint_label
+from server.scheduler import QueueFull
+from server.schemas import LimitError, validation_detail
+from server.worker import RequestFailed, Worker
+
+log = logging.getLogger("svg.server")
+
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+
+
+class BodyTooLarge(Exception):
+    """Raised from the wrapped ``receive`` once a streamed body passes ``max_upload_bytes``."""
+
+
+def error_body(error: str, request_id: str, detail=None) -> dict:
+    return {"error": error, "request_id": request_id, "detail": detail}
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware (so it sees the raw byte stream): request id, body limit, bearer auth and metrics.
+
+    The body limit is enforced twice: from ``Content-Length`` before the route reads anything, and while
+    ``receive`` streams a chunked body, so a 200 MB upload is refused after at most ``max_upload_bytes`` (B22).
+    """
+
+    def __init__(self, app, *, cfg: ServerConfig, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.cfg = cfg
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope.get("path", "")
+        endpoint = endpoint_label(path)
+        status = {"code": 500, "started": False}
+        limit = self.cfg.max_upload_bytes
+
+        async def send_wrapped(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        async def reply(code: int, body: dict, headers: dict | None = None):
+            payload = json.dumps(body).encode()
+            hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+            await send_wrapped({"type": "http.response.start", "status": code, "headers": hdrs})
+            await send_wrapped({"type": "http.response.body", "body": payload})
+
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            if self.cfg.api_key is not None and path not in OPEN_PATHS:
+                auth = headers.get("authorization", "")
+                token = auth[7:] if auth.lower().startswith("bearer ") else ""
+                if not hmac.compare_digest(token.encode(), self.cfg.api_key.encode()):
+                    self.metrics.rejections_total.labels(reason="unauthorized").inc()
+                    return await reply(401, error_body("unauthorized", request_id,
+                                                       "missing or wrong bearer token (Authorization: Bearer <key>)"),
+                                       {"www-authenticate": "Bearer"})
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                self.metrics.rejections_total.labels(reason="too_large").inc()
+                return await reply(413, error_body("payload_too_large", request_id,
+                                                   f"Content-Length={declared} exceeds max_upload_bytes={limit}"),
+                                   {"connection": "close"})
+            seen = 0
+
+            async def receive_limited():
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > limit:
+                        raise BodyTooLarge()
+                return message
+
+            await self.app(scope, receive_limited, send_wrapped)
+        except BodyTooLarge:
+            self.metrics.rejections_total.labels(reason="too_large").inc()
+            if not status["started"]:
+                await reply(413, error_body("payload_too_large", request_id,
+                                            f"body exceeds max_upload_bytes={limit} (streamed)"),
+                            {"connection": "close"})
+        finally:
+            self.metrics.requests_total.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            self.metrics.request_latency_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+
+
+def _request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "unknown")
+
+
+def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        detail, seen = [], set()
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "form")]
+            # A union (class_id: int | list[int]) reports one error per branch; keep the first per field.
+            loc = [p for p in loc if not p.startswith(("constrained-", "list[", "function-"))]
+            field = ".".join(loc) or "body"
+            if field in seen:
+                continue
+            seen.add(field)
+            value = err.get("input")
+            if isinstance(value, (bytes, bytearray)) or (isinstance(value, str) and len(value) > 200):
+                value = f"<{len(value)} bytes>"
+            if isinstance(value, dict):
+                value = None if field != "body" else "<object>"
+            detail.append(validation_detail(field, value, err.get("msg", "invalid")))
+        return JSONResponse(error_body("validation_error", _request_id(request), detail), status_code=422)
+
+    @app.exception_handler(LimitError)
+    async def on_limit(request: Request, exc: LimitError):
+        return JSONResponse(error_body("validation_error", _request_id(request), exc.detail), status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def on_queue_full(request: Request, exc: QueueFull):
+        metrics.rejections_total.labels(reason="queue_full").inc()
+        return JSONResponse(error_body("queue_full", _request_id(request), str(exc)), status_code=429,
+                            headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(InvalidImage)
+    async def on_invalid_image(request: Request, exc: InvalidImage):
+        return JSONResponse(error_body("invalid image", _request_id(request), str(exc)), status_code=400)
+
+    @app.exception_handler(ImageTooLarge)
+    async def on_image_too_large(request: Request, exc: ImageTooLarge):
+        metrics.rejections_total.labels(reason="too_large").inc()
+        return JSONResponse(error_body("image_too_large", _request_id(request), str(exc)), status_code=413)
+
+    @app.exception_handler(RequestFailed)
+    async def on_failed(request: Request, exc: RequestFailed):
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        if exc.status == 503:
+            metrics.rejections_total.labels(reason="not_ready").inc()
+        return JSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception):
+        rid = _request_id(request)
+        log.exception("internal error, request_id=%s", rid)
+        return JSONResponse(error_body("internal_error", rid, "internal server error; quote the request_id"),
+                            status_code=500)
+
+
+def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: ServerMetrics | None = None) -> FastAPI:
+    """Build the app. The model loads on the worker thread at startup; ``/health`` answers at once.
+
+    Args:
+        cfg: validated configuration. worker/metrics: injected instances (tests, benchmark); default built here.
+    """
+    from server import routes
+
+    metrics = metrics or ServerMetrics(peak_flops=cfg.peak_flops)
+    worker = worker or Worker(cfg, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(
+        title="SVG inference server",
+        version="0.1.0",
+        description="Class-conditional image generation, encoding, reconstruction, editing and interpolation with "
+                    "SVG (latent diffusion without a VAE). Step-level continuous batching; see docs/server.md.",
+        lifespan=lifespan,
+        responses={422: {"description": "invalid field: names the field, the value and the allowed range"},
+                   500: {"description": "internal error or non-finite output, with a request_id"}},
+    )
+    app.state.cfg, app.state.worker, app.state.metrics = cfg, worker, metrics
+    app.add_middleware(GuardMiddleware, cfg=cfg, metrics=metrics)
+    _install_error_handlers(app, metrics)
+    app.include_router(routes.router)
+    routes.install_openapi(app)
+    return app

@@ -1,0 +1,427 @@
+"""HTTP endpoints. Handlers validate, decode uploads off the event loop, hand device work to the Worker and await
+its future; they never run the model themselves, so ``/metrics`` and ``/health`` stay fast under load (B24)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from server.images import InvalidImage, box_mask, decode_image, decode_mask, encode_png, to_model_resolution
+from server.schemas import (
+    EditJSON, EditParams, ErrorResponse, FeatureFormat, GenerateRequest, GuidanceModeName, ImageJSON,
+    ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, check_limits, validation_detail,
+)
+from server.worker import Cancelled, NonFiniteOutput, NotReady, RequestFailed, RowSpec, SampleJob
+
+router = APIRouter()
+MASK_BLUR_PX = 8.0  # Gaussian sigma (pixels at model resolution) softening edit masks; ~half a 16 px token
+
+_ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in {
+    400: "invalid image", 401: "missing or wrong bearer token", 406: "Accept: image/png with several images",
+    413: "body or image too large", 422: "invalid field (field, value, allowed range)",
+    429: "queue full; retry after Retry-After seconds", 503: "model not loaded yet", 504: "request deadline passed",
+}.items()}
+_IMAGE_OUT = {200: {"content": {"image/png": {}}, "description": "JSON with base64 PNGs, or one PNG with "
+                    "Accept: image/png"}}
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def _state(request: Request):
+    return request.app.state.cfg, request.app.state.worker, request.app.state.metrics
+
+
+def _rid(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "unknown")
+
+
+def _model(worker):
+    if not worker.ready.is_set() or worker.model is None:
+        raise NotReady("model is still loading; poll GET /ready")
+    return worker.model
+
+
+def _wants_png(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "image/png" in accept and "application/json" not in accept
+
+
+def _negotiate(request: Request, count: int) -> bool:
+    """True for a raw PNG answer. ``Accept: image/png`` with several images is 406 (asked before any work)."""
+    png = _wants_png(request)
+    if png and count > 1:
+        raise RequestFailedWith(406, "not_acceptable", f"Accept: image/png returns one image but this request makes "
+                                f"{count}; send Accept: application/json for base64 PNGs")
+    return png
+
+
+class RequestFailedWith(RequestFailed):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error = status, error
+
+
+def _check_classes(class_ids: list[int], num_classes: int, field: str = "class_id") -> None:
+    bad = [c for c in class_ids if c >= num_classes]
+    if bad:
+        raise LimitError([validation_detail(field, bad[0], f"this model has {num_classes} classes; allowed "
+                                                           f"0..{num_classes - 1}")])
+
+
+def _guidance(req) -> Any:
+    from svg.sampling import Guidance, GuidanceMode
+
+    if req.guidance_mode is GuidanceModeName.cfg_star:
+        return Guidance(GuidanceMode.ZERO_INIT, req.cfg, zero_init_steps=1, zero_init_ratio=0.0)
+    if req.cfg == 1.0:
+        return Guidance(GuidanceMode.NONE, 1.0)
+    return Guidance(GuidanceMode(req.guidance_mode.value), req.cfg)
+
+
+def _solver(req):
+    from svg.sampling import Solver
+
+    return Solver(req.sampler.value)
+
+
+async def _await(request: Request, worker, fut, request_id: str | None):
+    """Await a worker future; cancel the request's rows when the client disconnects (B24)."""
+    afut = asyncio.wrap_future(fut)
+    while True:
+        done, _ = await asyncio.wait({afut}, timeout=0.05)
+        if done:
+            return afut.result()
+        if request_id is not None and await request.is_disconnected():
+            worker.cancel(request_id, "client_disconnect")
+            try:
+                await asyncio.wait_for(afut, timeout=30)
+            except (RequestFailed, asyncio.TimeoutError):
+                pass
+            raise Cancelled("client disconnected")
+
+
+def _finite_or_raise(array: np.ndarray) -> None:
+    if not np.isfinite(array).all():
+        raise NonFiniteOutput("non-finite output: the encoder produced NaN/inf")
+
+
+async def _images_response(request: Request, job: SampleJob, *, png: bool, seed: int | None,
+                           params: dict, class_ids: list[int] | None = None) -> Response:
+    now = time.monotonic()
+    started = job.started_at or now
+    timings = {"queue_s": round(started - job.submitted_at, 6), "sampling_s": round(now - started - job.decode_s, 6),
+               "decode_s": round(job.decode_s, 6), "total_s": round(now - job.submitted_at, 6)}
+    pngs = await run_in_threadpool(lambda: [encode_png(job.images[i]) for i in range(len(job.rows))])
+    _, _, metrics = _state(request)
+    metrics.images_total.labels(endpoint=job.endpoint).inc(len(pngs))
+    if png:
+        headers = {"X-Seed": str(seed), "X-Steps": str(job.steps), "X-NFE": str(job.nfe),
+                   "X-Timings": json.dumps(timings)}
+        return Response(pngs[0], media_type="image/png", headers=headers)
+    images = [{"png_base64": base64.b64encode(p).decode(), "seed": seed, "index": i,
+               "class_id": job.rows[i].label, "t": job.rows[i].ratio} for i, p in enumerate(pngs)]
+    body = ImagesResponse(request_id=_rid(request), images=images, seed=seed, steps=job.steps, nfe=job.nfe,
+                          timings=timings, params=params)
+    return JSONResponse(body.model_dump())
+
+
+def _parse_json(model_cls: type[BaseModel], raw: bytes) -> BaseModel:
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON: {exc}", "input": None}]) from None
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+def _form_value(model_cls: type[BaseModel], key: str, value: str):
+    """Convert a multipart text field by its declared type; unconvertible text stays text and fails strict checks."""
+    field = model_cls.model_fields.get(key)
+    ann = repr(field.annotation) if field is not None else ""
+    text = value.strip()
+    if key == "box":
+        parts = [p for p in re.split(r"[\s,\[\]]+", text) if p]
+        return [int(p) if _INT_RE.fullmatch(p) else p for p in parts]
+    if "int" in ann and _INT_RE.fullmatch(text):
+        return int(text)
+    if "float" in ann:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+async def _read_upload(request: Request, model_cls: type[BaseModel]) -> tuple[BaseModel, dict[str, bytes]]:
+    """Parse a JSON (base64 images) or multipart (files + text fields) body into ``model_cls`` and image bytes."""
+    ctype = request.headers.get("content-type", "")
+    files: dict[str, bytes] = {}
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=4, max_fields=32)
+        payload = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files[key] = await value.read()  # only bytes go further, never the spooled file (B23)
+            else:
+                payload[key] = _form_value(model_cls, key, value)
+        for key in ("image", "mask"):
+            if key in payload:  # a text field named like a file: treat as base64
+                files[key] = _b64(payload.pop(key), key)
+        if "image" not in files:
+            raise LimitError([validation_detail("image", None, "field required (multipart file 'image')")])
+        try:
+            params = model_cls.model_validate(payload)
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("form", *e["loc"])} for e in exc.errors()]) from None
+        return params, files
+    params = _parse_json(model_cls, await request.body())
+    files["image"] = _b64(params.image, "image")
+    if getattr(params, "mask", None):
+        files["mask"] = _b64(params.mask, "mask")
+    return params, files
+
+
+def _b64(text: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(f"{field}: invalid image (not valid base64)") from None
+
+
+async def _decode_to_model(data: bytes, cfg, size: int, field: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+    rgb = await run_in_threadpool(decode_image, data, max_pixels=cfg.max_upload_pixels, field=field)
+    return await run_in_threadpool(to_model_resolution, rgb, size), rgb.shape[:2]
+
+
+# -- endpoints ---------------------------------------------------------------------------------------------------
+@router.get("/health", summary="Liveness: answers while the model loads")
+async def health(request: Request):
+    _, worker, _ = _state(request)
+    if worker.load_error is not None:
+        return JSONResponse({"status": "failed", "error": worker.load_error}, status_code=503)
+    return {"status": "ready" if worker.ready.is_set() else "loading"}
+
+
+@router.get("/ready", summary="Readiness: 200 once the model is loaded and warmed up, else 503",
+            responses={503: {"description": "loading or failed"}})
+async def ready(request: Request):
+    _, worker, _ = _state(request)
+    if worker.ready.is_set():
+        return {"ready": True}
+    return JSONResponse({"ready": False, "error": worker.load_error}, status_code=503, headers={"Retry-After": "2"})
+
+
+@router.get("/metrics", summary="Prometheus metrics (text exposition format)")
+async def metrics_endpoint(request: Request):
+    _, _, metrics = _state(request)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/models", response_model=ModelsResponse, summary="The served model", responses=_ERRORS)
+async def models(request: Request):
+    cfg, worker, _ = _state(request)
+    m = _model(worker)
+    return ModelsResponse(
+        preset=m.preset, model_dir=None if cfg.sit_checkpoint else str(cfg.model_dir), checkpoints=m.checkpoints,
+        dtype=cfg.dtype, sit_engine=getattr(m.sit_engine, "name", cfg.sit_engine),
+        decoder_engine=getattr(m.decoder_engine, "name", cfg.decoder_engine), device=str(m.device),
+        latent_shape=[m.channels, m.grid, m.grid], image_size=m.image_size, random_weights=m.random_weights)
+
+
+@router.post("/generate", response_model=ImagesResponse, summary="Class-conditional images",
+             responses={**_ERRORS, **_IMAGE_OUT})
+async def generate(req: GenerateRequest, request: Request):
+    cfg, worker, _ = _state(request)
+    m = _model(worker)
+    check_limits(req, max_images=cfg.max_images, max_steps=cfg.max_steps)
+    class_ids = req.class_ids()
+    _check_classes(class_ids, m.num_classes)
+    png = _negotiate(request, len(class_ids))
+    seed = req.seed if req.seed is not None else secrets.randbits(63)
+    rid = _rid(request)
+    rows = [RowSpec(label=c, seed=seed, index=i) for i, c in enumerate(class_ids)]
+    job = SampleJob(rid, "/generate", rows, req.steps, req.timestep_shift, _guidance(req), _solver(req))
+    job = await _await(request, worker, worker.submit(job), rid)
+    return await _images_response(request, job, png=png, seed=seed, params=req.model_dump(mode="json"))
+
+
+@router.post("/interpolate", response_model=ImagesResponse, summary="Images between the noises of two seeds",
+             responses={**_ERRORS, **_IMAGE_OUT})
+async def interpolate(req: InterpolateRequest, request: Request):
+    from svg.editing import interpolate_noise
+    from svg.sampling import initial_noise
+
+    cfg, worker, _ = _state(request)
+    m = _model(worker)
+    check_limits(req, max_images=cfg.max_images, max_steps=cfg.max_steps)
+    _check_classes([req.class_id], m.num_classes)
+    ratios = req.ratios()
+    png = _negotiate(request, len(ratios))
+    shape = (m.tokens, m.channels)
+
+    def noise_fn(r: float):
+        return lambda: interpolate_noise(initial_noise(req.seed_a, 0, shape), initial_noise(req.seed_b, 0, shape),
+                                         r, req.mode.value)
+
+    rid = _rid(request)
+    rows = [RowSpec(label=req.class_id, seed=req.seed_a, index=0, noise_fn=noise_fn(r), ratio=r) for r in ratios]
+    job = SampleJob(rid, "/interpolate", rows, req.steps, req.timestep_shift, _guidance(req), _solver(req))
+    job = await _await(request, worker, worker.submit(job), rid)
+    return await _images_response(request, job, png=png, seed=req.seed_a, params=req.model_dump(mode="json"))
+
+
+_UPLOAD_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ImageJSON"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"},
+        "format": {"type": "string", "enum": [f.value for f in FeatureFormat]}}}}}}}
+
+
+async def _encode_common(request: Request):
+    cfg, worker, _ = _state(request)
+    m = _model(worker)
+    params, files = await _read_upload(request, ImageJSON)
+    rgb, _ = await _decode_to_model(files["image"], cfg, m.image_size)
+    return cfg, worker, m, params, rgb
+
+
+@router.post("/encode", summary="Image -> SVG features (C x h x w) as .npy, safetensors or JSON",
+             responses={**_ERRORS, 200: {"content": {"application/x-npy": {}, "application/octet-stream": {},
+                                                     "application/json": {}}}}, openapi_extra=_UPLOAD_DOC)
+async def encode(request: Request):
+    cfg, worker, m, params, rgb = await _encode_common(request)
+    latent = await _await(request, worker, worker.run_device(lambda mm: mm.encode_images(rgb[None]).cpu()), None)
+    feats = latent[0].numpy().astype(np.float32)  # (C, h, w)
+    _finite_or_raise(feats)
+    fmt = params.format
+    if "format" not in params.model_fields_set and _accepts_json_only(request):
+        fmt = FeatureFormat.json
+    headers = {"X-Feature-Shape": "x".join(map(str, feats.shape))}
+    if fmt is FeatureFormat.json:
+        return JSONResponse({"request_id": _rid(request), "shape": list(feats.shape), "dtype": "float32",
+                             "features": feats.tolist()}, headers=headers)
+    if fmt is FeatureFormat.safetensors:
+        from safetensors.numpy import save
+
+        body = save({"features": feats}, metadata={"layout": "C,h,w", "dtype": "float32"})
+        return Response(body, media_type="application/octet-stream", headers=headers)
+    buf = io.BytesIO()
+    np.save(buf, feats)
+    return Response(buf.getvalue(), media_type="application/x-npy", headers=headers)
+
+
+def _accepts_json_only(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "application/x-npy" not in accept and "octet-stream" not in accept
+
+
+@router.post("/reconstruct", summary="Image -> encode -> decode -> image", response_model=ImagesResponse,
+             responses={**_ERRORS, **_IMAGE_OUT}, openapi_extra=_UPLOAD_DOC)
+async def reconstruct(request: Request):
+    cfg, worker, m, params, rgb = await _encode_common(request)
+    png = _wants_png(request)
+    t0 = time.monotonic()
+
+    def run(mm):
+        from server.model import images_to_uint8
+
+        images = mm.decode_tokens(mm.to_tokens(mm.encode_images(rgb[None])))
+        if not bool(images.isfinite().all()):
+            raise NonFiniteOutput("non-finite output: reconstruction produced NaN/inf")
+        return images_to_uint8(images)[0]
+
+    image = await _await(request, worker, worker.run_device(run), None)
+    job = SampleJob(_rid(request), "/reconstruct", [RowSpec(label=-1, seed=0, index=0)], 0, 0.0, None, None)
+    job.images[0], job.submitted_at, job.started_at = image, t0, t0
+    return await _images_response(request, job, png=png, seed=None, params={})
+
+
+@router.post("/edit", summary="Regenerate a masked region (or its outside) toward a class", response_model=ImagesResponse,
+             responses={**_ERRORS, **_IMAGE_OUT}, openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {"$ref": "#/components/schemas/EditJSON"}},
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["image", "class_id"],
+                                                    "properties": {"image": {"type": "string", "format": "binary"},
+                                                                   "mask": {"type": "string", "format": "binary"},
+                                                                   "params": {"$ref": "#/components/schemas/"
+                                                                                      "EditParams"}}}}}}})
+async def edit(request: Request):
+    import torch
+    from svg.editing import editable_region, soften_mask
+
+    cfg, worker, _ = _state(request)
+    m = _model(worker)
+    params, files = await _read_upload(request, EditJSON if "json" in request.headers.get("content-type", "")
+                                       else EditParams)
+    check_limits(params, max_images=cfg.max_images, max_steps=cfg.max_steps)
+    _check_classes([params.class_id], m.num_classes)
+    png = _wants_png(request)
+    rgb, hw = await _decode_to_model(files["image"], cfg, m.image_size)
+    if "mask" in files:
+        mask = await run_in_threadpool(decode_mask, files["mask"], max_pixels=cfg.max_upload_pixels,
+                                       size=m.image_size)
+    elif params.box is not None:
+        try:
+            mask = box_mask(params.box, hw, m.image_size)
+        except ValueError as exc:
+            raise LimitError([validation_detail("box", params.box, str(exc))]) from None
+    else:
+        raise LimitError([validation_detail("mask", None, "give a mask image or a box")])
+    mask_t = torch.from_numpy((mask > 0.5).astype(np.float32))[None, None]  # (1, 1, S, S) binary
+    editable = editable_region(soften_mask(mask_t, MASK_BLUR_PX, (m.grid, m.grid)), params.region.value)[0]
+    reference = await _await(request, worker, worker.run_device(
+        lambda mm: mm.to_tokens(mm.encode_images(rgb[None]))[0].cpu()), None)  # (T, C)
+    seed = params.seed if params.seed is not None else secrets.randbits(63)
+    rid = _rid(request)
+    job = SampleJob(rid, "/edit", [RowSpec(label=params.class_id, seed=seed, index=0, edit=(reference, editable))],
+                    params.steps, params.timestep_shift, _guidance(params), _solver(params), strength=params.strength)
+    dump = params.model_dump(mode="json", exclude={"image", "mask"})
+    if params.strength == 0.0:  # nothing to run: the reconstruction of the input (B15)
+        def run(mm):
+            from server.model import images_to_uint8
+
+            return images_to_uint8(mm.decode_tokens(reference.to(mm.device)[None]))[0]
+
+        job.images[0] = await _await(request, worker, worker.run_device(run), None)
+        job.started_at = time.monotonic()
+        return await _images_response(request, job, png=png, seed=seed, params=dump)
+    job = await _await(request, worker, worker.submit(job), rid)
+    return await _images_response(request, job, png=png, seed=seed, params=dump)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Add the JSON body models of the upload endpoints (declared by ``$ref``) to the OpenAPI components."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ImageJSON, EditJSON, EditParams):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[model.__name__] = js
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
