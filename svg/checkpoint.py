@@ -81,8 +81,10 @@ def _reject_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor], path: Path)
             )
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """``module.load_state_dict(state_dict, strict=True)`` with a readable error.
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """``module.load_state_dict(state_dict, strict=True, assign=assign)`` with a readable error.
 
     Raises:
         CheckpointError: listing every missing key, unexpected key and shape mismatch, naming ``source``.
@@ -95,7 +97,7 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
     if missing or unexpected or shapes:
         raise CheckpointError(f"{source} does not match {type(module).__name__}: missing keys {missing}; "
                               f"unexpected keys {unexpected}; shape mismatches {shapes}")
-    module.load_state_dict(dict(state_dict), strict=True)
+    module.load_state_dict(dict(state_dict), strict=True, assign=assign)
 
 
 # ------------------------------------------------------------------------------------------------ our format
@@ -244,8 +246,9 @@ def load_sit(path: str | Path, config: Optional[SiTConfig] = None, drop_sigma: b
         config = config or infer_sit_config(state_dict)
     if drop_sigma:
         state_dict, config = drop_sigma_rows(state_dict, config)
-    model = SiT(config)
-    load_state_dict_strict(model, state_dict, str(path))
+    with torch.device("meta"):  # no init work or memory for weights that are overwritten right away
+        model = SiT(config)
+    load_state_dict_strict(model, {k: v.float() for k, v in state_dict.items()}, str(path), assign=True)
     return model.eval()
 
 
