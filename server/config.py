@@ -66,6 +66,9 @@ class ServerConfig:
     port: int = _help("listen port, 0..65535", default=8000)
     workers: int = _help("server processes; must be 1: one process owns the device (case B28)", default=1)
     peak_flops: float = _help("device peak FLOP/s for svg_mfu_ratio (default H200 BF16 dense)", default=989.4e12)
+    batch_invariant: bool = _help("pad every SiT/decoder call to max_rows/decode_batch rows so a request's output "
+                                  "is bit-identical whatever it is batched with (costs compute at low load)",
+                                  default=True)
     warmup: bool = _help("run one tiny request before /ready reports 200", default=True)
     log_level: str = _help("uvicorn log level", default="info")
 

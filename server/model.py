@@ -31,48 +31,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _make_engine(kind: str, module, *, device: torch.device, dtype: torch.dtype, max_rows: int, decoder: bool):
-    """Build an engine of ``kind`` around ``module`` through ``engines.create`` (eager fallback while absent).
+def _make_engine(kind: str, module, *, device: torch.device, dtype: torch.dtype, max_rows: int, decoder: bool,
+                 preset: str | None):
+    """Build (and warm up) an engine of ``kind`` around ``module`` through :func:`engines.create`.
 
     Raises:
-        engines.EngineError: the engine cannot be built (the server refuses to start).
+        engines.EngineError: the engine cannot be built here (the server then reports the reason on /health).
     """
     import engines
-    from engines import base
 
-    create = getattr(engines, "create", None)
-    if create is not None:
-        try:
-            return create(kind, module, device=device, dtype=dtype, max_rows=max_rows, decoder=decoder).build()
-        except TypeError:  # older signature without the decoder flag
-            return create(kind, module).build()
-    if kind != "eager":
-        raise base.EngineError(f"engine={kind!r} is not available in this build; allowed: eager")
-    if decoder:
-        dec_cls = getattr(base, "DecoderEngine", None)
-        if dec_cls is not None:
-            return dec_cls(module).build()
-        return _CallDecode(module)
-    return base.EagerEngine(module).build()
-
-
-class _CallDecode:
-    """Minimal decoder engine: ``engine(latent (R, C, h, w)) -> (R, 3, H, W)`` in [-1, 1]."""
-
-    name = "eager"
-
-    def __init__(self, autoencoder) -> None:
-        self.autoencoder = autoencoder
-
-    @torch.no_grad()
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(latent, clamp=True)
-
-    def warmup(self, row_counts, example=None) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
+    return engines.create(kind, module, role="decoder" if decoder else "sit", device=device, dtype=dtype,
+                          max_rows=max_rows, preset=preset or "custom")
 
 
 @dataclass
@@ -165,14 +134,15 @@ def load_model(cfg: ServerConfig) -> LoadedModel:
     sit_cfg = pipe.sit.config
     tokens, channels, grid = sit_cfg.num_tokens, sit_cfg.in_channels, sit_cfg.input_size
     image_size = pipe.autoencoder.config.dino.img_size
+    preset = pipe.metadata.get("preset") or cfg.preset
     sit_engine = _make_engine(cfg.sit_engine, pipe.sit, device=device, dtype=dtype, max_rows=cfg.max_rows,
-                              decoder=False)
+                              decoder=False, preset=preset)
     decoder_engine = _make_engine(cfg.decoder_engine, pipe.autoencoder, device=device, dtype=dtype,
-                                  max_rows=cfg.decode_batch, decoder=True)
+                                  max_rows=cfg.decode_batch, decoder=True, preset=preset)
     flops = preset_flops_per_row(sit_cfg.hidden_size, sit_cfg.depth, tokens, channels)
     return LoadedModel(
         pipeline=pipe, sit_engine=sit_engine, decoder_engine=decoder_engine, device=device, tokens=tokens,
         channels=channels, grid=grid, image_size=image_size, num_classes=sit_cfg.num_classes,
         checkpoints={Path(p).name: sha256_file(Path(p)) for p in paths},
-        preset=pipe.metadata.get("preset") or cfg.preset, random_weights=pipe.metadata.get("random") == "true",
+        preset=preset, random_weights=pipe.metadata.get("random") == "true",
         flops_per_row=flops)

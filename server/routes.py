@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 
 from server.images import InvalidImage, box_mask, decode_image, decode_mask, encode_png, to_model_resolution
 from server.schemas import (
-    EditJSON, EditParams, ErrorResponse, FeatureFormat, GenerateRequest, GuidanceModeName, ImageJSON,
+    EditJSON, EditParams, EncodeParams, ErrorResponse, FeatureFormat, GenerateRequest, GuidanceModeName, ImageJSON,
     ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, check_limits, validation_detail,
 )
 from server.worker import Cancelled, NonFiniteOutput, NotReady, RequestFailed, RowSpec, SampleJob
@@ -173,8 +173,9 @@ def _form_value(model_cls: type[BaseModel], key: str, value: str):
     return text
 
 
-async def _read_upload(request: Request, model_cls: type[BaseModel]) -> tuple[BaseModel, dict[str, bytes]]:
-    """Parse a JSON (base64 images) or multipart (files + text fields) body into ``model_cls`` and image bytes."""
+async def _read_upload(request: Request, json_cls: type[BaseModel], form_cls: type[BaseModel]
+                       ) -> tuple[BaseModel, dict[str, bytes]]:
+    """Parse a JSON (base64 images, ``json_cls``) or multipart (files + text fields, ``form_cls``) body."""
     ctype = request.headers.get("content-type", "")
     files: dict[str, bytes] = {}
     if ctype.startswith("multipart/form-data"):
@@ -184,18 +185,18 @@ async def _read_upload(request: Request, model_cls: type[BaseModel]) -> tuple[Ba
             if isinstance(value, UploadFile):
                 files[key] = await value.read()  # only bytes go further, never the spooled file (B23)
             else:
-                payload[key] = _form_value(model_cls, key, value)
+                payload[key] = _form_value(form_cls, key, value)
         for key in ("image", "mask"):
             if key in payload:  # a text field named like a file: treat as base64
                 files[key] = _b64(payload.pop(key), key)
         if "image" not in files:
             raise LimitError([validation_detail("image", None, "field required (multipart file 'image')")])
         try:
-            params = model_cls.model_validate(payload)
+            params = form_cls.model_validate(payload)
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("form", *e["loc"])} for e in exc.errors()]) from None
         return params, files
-    params = _parse_json(model_cls, await request.body())
+    params = _parse_json(json_cls, await request.body())
     files["image"] = _b64(params.image, "image")
     if getattr(params, "mask", None):
         files["mask"] = _b64(params.mask, "mask")
@@ -301,7 +302,7 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {
 async def _encode_common(request: Request):
     cfg, worker, _ = _state(request)
     m = _model(worker)
-    params, files = await _read_upload(request, ImageJSON)
+    params, files = await _read_upload(request, ImageJSON, EncodeParams)
     rgb, _ = await _decode_to_model(files["image"], cfg, m.image_size)
     return cfg, worker, m, params, rgb
 
@@ -371,8 +372,7 @@ async def edit(request: Request):
 
     cfg, worker, _ = _state(request)
     m = _model(worker)
-    params, files = await _read_upload(request, EditJSON if "json" in request.headers.get("content-type", "")
-                                       else EditParams)
+    params, files = await _read_upload(request, EditJSON, EditParams)
     check_limits(params, max_images=cfg.max_images, max_steps=cfg.max_steps)
     _check_classes([params.class_id], m.num_classes)
     png = _wants_png(request)

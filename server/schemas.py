@@ -187,13 +187,19 @@ class EditJSON(EditParams):
     mask: str | None = Field(None, description="base64 mask image (white = region), or use box")
 
 
-class ImageJSON(BaseModel):
+class EncodeParams(BaseModel):
+    """Multipart fields of ``POST /encode`` and ``POST /reconstruct`` (the image is the file part ``image``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: FeatureFormat = Field(FeatureFormat.npy, description="/encode output format")
+
+
+class ImageJSON(EncodeParams):
     """JSON form of ``POST /encode`` and ``POST /reconstruct``."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"image": "<base64 PNG>",
                                                                                  "format": "json"}]})
     image: str = Field(description="base64 image")
-    format: FeatureFormat = Field(FeatureFormat.npy, description="/encode output format")
 
 
 class ImageOut(BaseModel):
