@@ -69,7 +69,9 @@ def _gated_residual_kernel(
     tl.store(out_ptr + row.to(tl.int64) * C + cols, out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def adaln_modulate_reference(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def adaln_modulate_reference(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """PyTorch reference: ``layer_norm(x, no affine, eps) * (1 + scale[:, None]) + shift[:, None]`` in fp32.
 
     Shapes: x (B, N, C); shift, scale (B, C). Returns (B, N, C) in x's dtype. Source: DiT ``modulate`` (adaLN).

@@ -57,7 +57,9 @@ def _qk_layernorm_kernel(
     tl.store(y_ptr + out_off, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def qk_layernorm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def qk_layernorm_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     """PyTorch reference: ``F.layer_norm`` over the last dim in fp32, cast back to ``x.dtype``.
 
     Shapes: x (..., D) fp16/bf16/fp32; weight, bias (D,). Returns the shape and dtype of x.

@@ -27,7 +27,8 @@ def _qkv(shape, dtype, device, seed=0, n_k=None):
 
 def _norm(d, device, seed):
     gen = torch.Generator().manual_seed(seed)
-    return ((1 + 0.3 * torch.randn(d, generator=gen)).to(device), (0.1 * torch.randn(d, generator=gen)).to(device), 1e-5)
+    weight = (1 + 0.3 * torch.randn(d, generator=gen)).to(device)
+    return weight, (0.1 * torch.randn(d, generator=gen)).to(device), 1e-5
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
