@@ -48,6 +48,7 @@ __all__ = [
 
 MASK_MODES = ("inside", "outside")
 INTERPOLATION_MODES = ("lerp", "slerp", "vp")
+_SNAP = 1e-6  # mask values this close to 0 or 1 are float rounding of a blur kernel that sums to 1
 _PARALLEL_SIN = 1e-6  # below this sin(angle), slerp is ill-conditioned: fall back to lerp (case B35)
 
 
@@ -68,7 +69,8 @@ def soften_mask(mask: torch.Tensor, sigma_px: float, grid: tuple[int, int] = (16
         grid: the token grid (h, w); 16×16 for 256 px images.
 
     Returns:
-        (B, h·w, 1) float32 in [0, 1], tokens in row-major order (as ``svg.latent.to_tokens``).
+        (B, h·w, 1) float32 in [0, 1], tokens in row-major order (as ``svg.latent.to_tokens``); values within
+        1e-6 of 0 or 1 are snapped to it.
 
     Raises:
         ValueError: wrong shape, values outside [0, 1], or a negative / non-finite sigma.
@@ -85,8 +87,11 @@ def soften_mask(mask: torch.Tensor, sigma_px: float, grid: tuple[int, int] = (16
         radius = min(math.ceil(3 * sigma_px), min(mask.shape[-2:]) - 1)  # reflect padding needs radius < side
         if radius > 0:
             mask = gaussian_blur(mask, [2 * radius + 1] * 2, [float(sigma_px)] * 2)
-    soft = F.adaptive_avg_pool2d(mask, (h, w))  # (B, 1, h, w), area average per token
-    return soft.flatten(2).transpose(1, 2).clamp(0.0, 1.0).contiguous()  # (B, T, 1)
+    soft = F.adaptive_avg_pool2d(mask, (h, w)).clamp(0.0, 1.0)  # (B, 1, h, w), area average per token
+    # A normalised blur kernel sums to 1 only up to rounding: snap values within _SNAP of 0 or 1 so that fully
+    # marked / unmarked tokens are exactly editable / exactly kept (the unedited region then ends bit-exact).
+    soft = torch.where(soft > 1.0 - _SNAP, 1.0, torch.where(soft < _SNAP, 0.0, soft))
+    return soft.flatten(2).transpose(1, 2).contiguous()  # (B, T, 1)
 
 
 def box_mask(box: Sequence[int], height: int, width: int) -> torch.Tensor:
@@ -154,8 +159,7 @@ def inversion_trajectory(x: torch.Tensor, *, steps: int, start: int, shift: floa
     grid = time_grid(steps, shift)
     if not 0 <= start < steps:
         raise _invalid("start", start, f"an integer in [0, {steps - 1}] (inversion needs at least one step)")
-    label = num_classes if source_label is None else source_label
-    return Trajectory(x.float(), label, grid[start:].flip(0), Guidance(), solver, num_classes=num_classes)
+    return Trajectory(x.float(), source_label, grid[start:].flip(0), Guidance(), solver, num_classes=num_classes)
 
 
 def edit_trajectory(x: torch.Tensor, label: int, *, strength: float, steps: int, shift: float = 0.15,

@@ -317,8 +317,8 @@ class Trajectory:
 
     Args:
         z: (T, C) float32 latent at ``grid[start]`` (noise for generation); it is not modified in place.
-        label: class label in [0, num_classes) (the null class ``num_classes`` is internal to guidance), or
-            ``num_classes`` itself for an unconditional trajectory (allowed only with guidance ``NONE``).
+        label: class label in [0, num_classes), or None for an unconditional trajectory (null-class rows; only
+            with guidance ``NONE``). The null class ``num_classes`` itself is internal and rejected (case B12).
         grid: (steps + 1,) time grid from :func:`time_grid`, increasing from 0 to 1 (or decreasing, for inversion).
         guidance: :class:`Guidance`.
         solver: :class:`Solver` or its value.
@@ -337,7 +337,7 @@ class Trajectory:
     """
 
     z: torch.Tensor
-    label: int
+    label: int | None
     grid: torch.Tensor
     guidance: Guidance = field(default_factory=Guidance)
     solver: Solver = Solver.EULER
@@ -358,10 +358,11 @@ class Trajectory:
         if self.grid.dim() != 1 or self.grid.numel() < 2:
             raise _invalid("grid.shape", tuple(self.grid.shape), "(steps + 1,) with steps >= 1")
         label = self.label
-        unconditional = label == self.num_classes and self.guidance.mode is GuidanceMode.NONE
-        if isinstance(label, bool) or not isinstance(label, int) or not (0 <= label < self.num_classes
-                                                                           or unconditional):
-            raise _invalid("label", label, f"an integer in [0, {self.num_classes - 1}]")
+        if label is None and self.guidance.mode is not GuidanceMode.NONE:
+            raise _invalid("label", label, "a class label when guidance is used (None means unconditional)")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int)
+                                  or not 0 <= label < self.num_classes):
+            raise _invalid("label", label, f"an integer in [0, {self.num_classes - 1}] or None (unconditional)")
         if isinstance(self.start, bool) or not isinstance(self.start, int) or not 0 <= self.start <= self.steps:
             raise _invalid("start", self.start, f"an integer in [0, {self.steps}] ({self.steps}: nothing to do)")
         self._times = self.grid.tolist()  # python floats (exact float32 values): no device syncs in the loop
@@ -389,7 +390,8 @@ class Trajectory:
         if self.guidance.zero_init_active(self.index - self.start):
             return self.num_classes, -self.guidance.zero_init_ratio, None
         w = self.guidance.scale_at(self.index, self.steps, t)
-        return self.label, 1.0, (None if w == 1.0 else w)
+        label = self.num_classes if self.label is None else self.label
+        return label, 1.0, (None if w == 1.0 else w)
 
     def pending(self) -> Pending:
         """The next evaluation: ``Pending(z (T, C), t, guided)``.
