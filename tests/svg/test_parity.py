@@ -1,0 +1,74 @@
+"""One test per fixture case of shared/fixtures/parity, through the parity runner; and the runner's CLI contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from svg import parity
+from tests.conftest import PARITY_DIR
+
+CASES = sorted(json.loads((PARITY_DIR / "manifest.json").read_text())["files"]) if (
+    PARITY_DIR / "manifest.json").exists() else []
+
+
+@pytest.fixture(scope="module")
+def context(parity_dir):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return parity._Context(parity_dir, "cpu", 1.0)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixture_case(context, name):
+    result = parity.run_case(context, name)
+    assert result.passed, result.line()
+    assert result.comparisons, "a case that compares nothing proves nothing"
+
+
+def test_cfg_mode_strings_are_parsed_only_at_the_edge():
+    from svg.sampling import GuidanceMode
+
+    star = parity.parse_cfg_mode("cfg_star-1-0", guided=True, scale=1.5)
+    assert (star.mode, star.zero_init_steps, star.zero_init_ratio, star.scale) == (GuidanceMode.ZERO_INIT, 1, 0.0, 1.5)
+    assert parity.parse_cfg_mode("constant", guided=False, scale=4.0).mode is GuidanceMode.NONE
+    assert parity.parse_cfg_mode("early-0.3", guided=True, scale=2.0).interval == (0.3, 1.0)
+    with pytest.raises(ValueError, match="cfg_mode"):
+        parity.parse_cfg_mode("cfg_star-x", guided=True, scale=2.0)
+
+
+def _small_set(parity_dir, tmp_path, corrupt: bool):
+    """A fixture directory with the shift and stats cases only; optionally with a wrong expected tensor."""
+    manifest = json.loads((parity_dir / "manifest.json").read_text())
+    keep = ["shift_grid.safetensors", "stats_norm.safetensors", "dinov3_sp_stats.pt"]
+    manifest["files"] = {k: manifest["files"][k] for k in keep}
+    for name in keep:
+        os.symlink(parity_dir / name, tmp_path / name)
+    if corrupt:
+        data = load_file(parity_dir / "stats_norm.safetensors")
+        data["output.normalized"] = data["output.normalized"] + 1e-3  # a "real bug" sized error
+        (tmp_path / "stats_norm.safetensors").unlink()
+        save_file(data, tmp_path / "stats_norm.safetensors")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_cli_prints_one_line_per_case_and_the_summary(parity_dir, tmp_path):
+    _small_set(parity_dir, tmp_path, corrupt=False)
+    proc = subprocess.run([sys.executable, "-m", "svg.parity", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4, proc.stdout + proc.stderr
+    assert lines[-1] == "3 passed, 0 failed" and proc.returncode == 0
+
+
+def test_a_wrong_number_fails_its_case_and_the_exit_code(parity_dir, tmp_path, capsys):
+    _small_set(parity_dir, tmp_path, corrupt=True)
+    code = parity.main([str(tmp_path)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "2 passed, 1 failed" and code == 1
+    assert any(line.startswith("FAIL stats_norm.safetensors") and "output.normalized" in line for line in lines)
