@@ -206,7 +206,8 @@ class ImageOut(BaseModel):
     """One returned image with what produced it."""
 
     png_base64: str = Field(description="PNG, base64")
-    seed: int = Field(description="the request seed; the image noise came from derive_seed(seed, index)")
+    seed: int | None = Field(None, description="the request seed; the noise of image i came from "
+                             "derive_seed(seed, i) (None for /reconstruct)")
     index: int = Field(description="image index i within the request")
     class_id: int | None = Field(None, description="class used (generate/edit/interpolate)")
     t: float | None = Field(None, description="interpolation ratio, /interpolate only")
