@@ -433,20 +433,22 @@ class Trajectory:
         v = v_row.float() * mult
         if w is not None:
             v = _cfg(v, v_uncond.float(), torch.tensor(w, dtype=torch.float32, device=v.device))
-        self._commit(v)
+        dt = torch.tensor(self._steps_dt[self.index], dtype=torch.float32, device=v.device)
+        self._commit(v, self.z + dt * v)
 
-    def _commit(self, v: torch.Tensor) -> None:
-        # v: (T, C) guided velocity of the pending evaluation. Euler: z += dt·v. Heun: predictor, then trapezoid.
-        dt = self._steps_dt[self.index]
+    def _commit(self, v: torch.Tensor, moved: torch.Tensor) -> None:
+        # v: (T, C) guided velocity of the pending evaluation; moved = z + dt·v (computed batched by step_batch).
+        # Euler: z ← moved. Heun: predictor z ← moved, then the trapezoid from the stored start of the step.
         self.nfe += 1
         if self.solver is Solver.EULER:
-            self.z = self.z + dt * v
+            self.z = moved
         elif self.stage == 0:
             self._z_stage0, self._v_stage0 = self.z, v
-            self.z = self.z + dt * v
+            self.z = moved
             self.stage = 1
             return
         else:
+            dt = self._steps_dt[self.index]
             self.z = self._z_stage0 + (0.5 * dt) * (self._v_stage0 + v)
             self._z_stage0 = self._v_stage0 = None
             self.stage = 0
@@ -512,9 +514,11 @@ def step_batch(model: Model, trajectories: Sequence[Trajectory]) -> int:
         rows = torch.tensor(guided, device=device)
         w = torch.tensor([coeffs[i][2] for i in guided], dtype=torch.float32, device=device).view(-1, 1, 1)
         v[rows] = _cfg(v[rows], out[n:], w)
+    dt = torch.tensor([tr._steps_dt[tr.index] for tr in active], dtype=torch.float32, device=device)
+    moved = x[:n] + dt.view(n, 1, 1) * v  # (n, T, C): every row's Euler step / Heun predictor in one op
     for k, tr in enumerate(active):
         tr.rows += 2 if coeffs[k][2] is not None else 1
-        tr._commit(v[k])
+        tr._commit(v[k], moved[k])
     return x.shape[0]
 
 
