@@ -118,3 +118,23 @@ def test_sampler_reproduces_every_reference_run(parity_dir, fixture_dit):
             assert ref_uncond[1] == 1
         elif run["guided"]:
             assert calls[0][1] == y.tolist() + [1000] * z.shape[0]
+
+
+@pytest.mark.gpu
+def test_sampler_reproduces_the_reference_on_cuda(parity_dir, fixture_dit):
+    """Same runs on the GPU with TF32 off; the fixtures' README allows about 10× the CPU tolerance there."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    spec = _manifest(parity_dir)["files"]["sampler.safetensors"]
+    tensors = load_file(parity_dir / "sampler.safetensors")
+    model = fixture_dit.to("cuda")
+    try:
+        for name, run in spec["runs"].items():
+            result = sample(model, tensors["input.z"].cuda(), tensors["input.y"].cuda(), steps=run["steps"],
+                            guidance=_guidance(run), shift=run["timestep_shift"], solver=run["mode"])
+            assert result.latents.device.type == "cuda"
+            atol = 10 * spec["tensors"][f"{name}.final"]["suggested_atol"]
+            err = (result.latents.cpu() - tensors[f"{name}.final"]).abs().max().item()
+            assert err <= atol, f"{name}: max abs diff {err:.3g} > {atol}"
+    finally:
+        fixture_dit.to("cpu")
