@@ -53,6 +53,12 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return False
 
 
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd must track this call: the kernels are forward-only, so the public ops then run their
+    differentiable PyTorch path instead (training keeps working with the Triton back-end selected)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def backend_name(device: torch.device | str) -> str:
     """``"triton"``, ``"triton-interpreter"`` or ``"reference"``: what a call on ``device`` would run now."""
     probe = torch.empty(0, device=device)

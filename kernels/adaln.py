@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import (
-    MAX_ROW_BLOCK, block_size, check_float_dtype, check_same_device, interpreted, round_to_bf16, use_triton,
+    MAX_ROW_BLOCK, block_size, check_float_dtype, check_same_device, interpreted, needs_autograd, round_to_bf16,
+    use_triton,
 )
 
 
@@ -173,6 +174,8 @@ def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
     _check_bnc(x, {"shift": shift, "scale": scale})
     if not eps > 0:
         raise ValueError(f"eps must be > 0; got {eps}")
+    if needs_autograd(x, shift, scale):  # the kernel is forward-only
+        return adaln_modulate_reference(x, shift, scale, eps)
     return _adaln_modulate_op(x, shift, scale, float(eps))
 
 
@@ -195,4 +198,6 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     if y.shape != x.shape:
         raise ValueError(f"y must have the shape of x {tuple(x.shape)}; got {tuple(y.shape)}")
     check_same_device(x=x, y=y)
+    if needs_autograd(x, gate, y):  # the kernel is forward-only
+        return gated_residual_reference(x, gate, y)
     return _gated_residual_op(x, gate, y)

@@ -24,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import block_size, check_float_dtype, check_same_device, interpreted, round_to_bf16, use_triton
+from kernels._common import (
+    block_size, check_float_dtype, check_same_device, interpreted, needs_autograd, round_to_bf16, use_triton,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,16 @@ def attention_reference(
     return (weights @ vf).to(q.dtype)
 
 
+def _differentiable_attention(q, k, v, q_norm, k_norm, scale) -> torch.Tensor:
+    """Autograd path (the kernel is forward-only): LayerNorm then SDPA, in the input dtype."""
+    d = q.shape[-1]
+    if q_norm is not None:
+        q = torch.nn.functional.layer_norm(q, (d,), q_norm[0].to(q.dtype), q_norm[1].to(q.dtype), q_norm[2])
+    if k_norm is not None:
+        k = torch.nn.functional.layer_norm(k, (d,), k_norm[0].to(k.dtype), k_norm[1].to(k.dtype), k_norm[2])
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def _check(q, k, v, q_norm, k_norm, scale) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float_dtype(name, t)
@@ -278,6 +290,7 @@ def flash_attention(
 
     The Triton kernel covers D in [1, 128] on CUDA (and on CPU under ``TRITON_INTERPRET=1``); other head dims,
     devices, or ``SVG_DISABLE_TRITON=1`` run :func:`attention_reference` instead (logged once per head dim).
+    The kernel is forward-only: when autograd tracks an input, LayerNorm + SDPA run instead (differentiable).
     """
     _check(q, k, v, q_norm, k_norm, scale)
     if not supports(q) and q.shape[-1] not in _warned_fallback:
@@ -285,6 +298,9 @@ def flash_attention(
         log.warning("flash_attention: head_dim %d outside [1, %d]; using the PyTorch reference", q.shape[-1],
                     MAX_HEAD_DIM)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    tracked = (q, k, v) + tuple(t for n in (q_norm, k_norm) if n is not None for t in n[:2])
+    if needs_autograd(*tracked):
+        return _differentiable_attention(q, k, v, q_norm, k_norm, scale)
     qw, qb, q_eps = (None, None, 0.0) if q_norm is None else (q_norm[0], q_norm[1], float(q_norm[2]))
     kw, kb, k_eps = (None, None, 0.0) if k_norm is None else (k_norm[0], k_norm[1], float(k_norm[2]))
     return _flash_attention_op(q, k, v, qw, qb, q_eps, kw, kb, k_eps, scale)

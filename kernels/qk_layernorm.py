@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import (
-    MAX_ROW_BLOCK, block_size, check_float_dtype, check_same_device, interpreted, round_to_bf16, use_triton,
+    MAX_ROW_BLOCK, block_size, check_float_dtype, check_same_device, interpreted, needs_autograd, round_to_bf16,
+    use_triton,
 )
 
 
@@ -146,6 +147,6 @@ def qk_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps:
     ``SVG_DISABLE_TRITON=1`` forces the reference. Source: SVG SiT block, QK-norm (svg_reference.md).
     """
     _check(x, weight, bias, eps)
-    if x.shape[-1] > MAX_ROW_BLOCK:
+    if x.shape[-1] > MAX_ROW_BLOCK or needs_autograd(x, weight, bias):  # the kernel is forward-only
         return qk_layernorm_reference(x, weight, bias, eps)
     return _qk_layernorm_op(x, weight, bias, float(eps))

@@ -95,3 +95,12 @@ def test_traceable_by_torch_compile(device):
 def test_bad_input_names_field_and_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_autograd_inputs_take_the_differentiable_path(device):
+    x, shift, scale = _inputs(1, 5, 8, torch.float32, device, seed=7)
+    x.requires_grad_(True)
+    kernels.gated_residual(x, scale, kernels.adaln_modulate(x, shift, scale)).sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    gated_residual_reference(x_ref, scale, adaln_modulate_reference(x_ref, shift, scale)).sum().backward()
+    assert_close(x.grad, x_ref.grad)

@@ -161,3 +161,18 @@ def test_bad_norm_triple_shape():
     q = torch.zeros(1, 1, 3, 8)
     with pytest.raises(ValueError, match=r"q_norm weight and bias must have shape \(8,\)"):
         kernels.flash_attention(q, q, q, q_norm=(torch.ones(7), torch.zeros(7), 1e-5))
+
+
+def test_autograd_inputs_take_the_differentiable_path(device):
+    # the kernels are forward-only: with autograd tracking, flash_attention must still give correct gradients
+    q, k, v = _qkv((1, 2, 17, 72), torch.float32, device, seed=15)
+    q_norm = _norm(72, device, 16)
+    weight = q_norm[0].clone().requires_grad_(True)
+    q.requires_grad_(True)
+    out = kernels.flash_attention(q, k, v, q_norm=(weight, q_norm[1], 1e-5))
+    out.square().sum().backward()
+    q_ref = q.detach().clone().requires_grad_(True)
+    weight_ref = q_norm[0].clone().requires_grad_(True)
+    attention_reference(q_ref, k, v, (weight_ref, q_norm[1], 1e-5)).square().sum().backward()
+    assert_close(q.grad, q_ref.grad)
+    assert_close(weight.grad, weight_ref.grad)
