@@ -1,14 +1,27 @@
-"""The SiT (tiny preset) with the Triton attention backend, on the interpreter, matches the SDPA backend."""
+"""The SiT (tiny preset) with the Triton back-end (attention + fused adaLN glue), on the interpreter, matches SDPA."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 from svg import attention as svg_attention
 from svg.config import SIT_PRESETS
 from svg.sit import SiT
+
+
+class _OpLog(TorchDispatchMode):
+    """Records the name of every op dispatched (our custom ops appear as ``svg_kernels.<op>.default``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -35,7 +48,11 @@ def test_tiny_sit_triton_backend_matches_sdpa(device, restore_backend):
         expected = model(x, t, y)
         svg_attention.set_attention_backend("triton")
         assert kernels.backend_name(device) != "reference"
-        actual = model(x, t, y)
+        with _OpLog() as ops:
+            actual = model(x, t, y)
 
     assert expected.abs().max().item() > 1e-2  # the comparison is not between two zero tensors
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    # one switch: attention, adaLN modulation and the gated residual all ran as custom kernels
+    assert {"svg_kernels.flash_attention.default", "svg_kernels.adaln_modulate.default",
+            "svg_kernels.gated_residual.default"} <= ops.names
