@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttentionBackend", "set_attention_backend", "get_attention_backend", "attention", "NormParams"]
+__all__ = ["AttentionBackend", "set_attention_backend", "get_attention_backend", "attention", "NormParams",
+           "resolve_backend"]
 
 # (weight (D,), bias (D,), eps) of a LayerNorm over head_dim, shared by all heads.
 NormParams = tuple[torch.Tensor, torch.Tensor, float]
@@ -111,6 +112,12 @@ def _resolve(q: torch.Tensor) -> AttentionBackend:
         except RuntimeError:
             _auto_cuda = AttentionBackend.SDPA
     return _auto_cuda
+
+
+def resolve_backend(x: torch.Tensor) -> AttentionBackend:
+    """The back-end a call on ``x``'s device runs now (``auto`` resolved). The SiT asks the same question to use
+    the fused adaLN / gated-residual kernels, so one switch turns every custom kernel on or off."""
+    return _resolve(x)
 
 
 def attention(
