@@ -66,7 +66,7 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> np.nd
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"{field}: {exc}") from None
+        raise ImageTooLarge(f"{field}: the header declares too many pixels ({exc})") from None
     except UnidentifiedImageError:
         raise InvalidImage(f"{field}: invalid image (not a recognised image format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data

@@ -10,10 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import io
+
 import httpx
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
+MAX_STEPS = 250
+MAX_IMAGES = 8
+MAX_UPLOAD_BYTES = 4 * 2**20
+MAX_UPLOAD_PIXELS = 4_000_000
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +82,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -99,3 +106,26 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
         if line.startswith(key + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, tmp_path_factory):
+    """The main test server, shared by the HTTP modules (one uvicorn start for all of them)."""
+    srv = start_server(model_dir, tmp_path_factory, "main", max_rows=8, batch_wait_s=0.15, max_steps=MAX_STEPS,
+                       max_images=MAX_IMAGES, max_upload_bytes=MAX_UPLOAD_BYTES,
+                       max_upload_pixels=MAX_UPLOAD_PIXELS, request_timeout_s=120)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client() as c:
+        yield c
+
+
+def png_bytes(mode="RGB", size=(64, 64), color=None, **save) -> bytes:
+    img = Image.new(mode, size, color) if color is not None else Image.new(mode, size)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **save)
+    return buf.getvalue()

@@ -13,32 +13,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load as load_safetensors
 
-from tests.server.conftest import metric_value, start_server
-
-MAX_STEPS = 250
-MAX_IMAGES = 8
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    srv = start_server(model_dir, tmp_path_factory, "main", max_rows=8, batch_wait_s=0.15, max_steps=MAX_STEPS,
-                       max_images=MAX_IMAGES, max_upload_bytes=4 * 2**20, max_upload_pixels=4_000_000,
-                       request_timeout_s=120)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as c:
-        yield c
-
-
-def png_bytes(mode="RGB", size=(64, 64), color=None, **save) -> bytes:
-    img = Image.new(mode, size, color) if color is not None else Image.new(mode, size)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", **save)
-    return buf.getvalue()
+from tests.server.conftest import MAX_IMAGES, MAX_STEPS, metric_value, png_bytes
 
 
 def gen(client, **body):
