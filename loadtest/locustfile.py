@@ -128,10 +128,13 @@ class SVGUser(HttpUser):
             "class_id": random.randrange(NUM_CLASSES),
             "seed_a": random.randrange(2**31),
             "seed_b": random.randrange(2**31),
-            "num_points": random.choice((3, 5)),
             "steps": self._steps(),
             "mode": random.choice(("slerp", "lerp")),
         }
+        if random.random() < 0.5:
+            body["num_points"] = random.choice((3, 5))
+        else:
+            body["t"] = [0.0, 0.25, 0.5, 1.0]
         self.client.post("/interpolate", json=body, name="/interpolate")
 
     @task(1)

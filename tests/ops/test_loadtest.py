@@ -117,3 +117,24 @@ def test_loadtest_imports_nothing_from_the_repository():
                 names = [node.module or ""]
             for name in names:
                 assert name.split(".")[0] not in ours, f"{path.name} imports {name}"
+
+
+def test_smoke_load_test_against_the_tiny_model_meets_its_slo(tiny_model_dir, tmp_path):
+    """The CI smoke run: 20 s, 4 users, the runner starts the server itself (the documented command)."""
+    from .conftest import free_port
+
+    port = free_port()
+    out = tmp_path / "smoke"
+    command = [
+        sys.executable, "-m", "loadtest.run",
+        "--start-server", f"{sys.executable} -m server --model-dir {tiny_model_dir} --device cpu --port {port}",
+        "--url", f"http://127.0.0.1:{port}", "--duration", "20s", "--users", "4", "--shape", "steady",
+        "--max-steps", "4", "--image-size", "64", "--max-fail-ratio", "0.01", "--max-p99-ms", "15000",
+        "--out", str(out),
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr + (out / "locust.log").read_text()[-3000:]
+    stats = read_stats(out / "locust_stats.csv")
+    assert stats.requests >= 20 and stats.failures == 0
+    assert {"POST /generate", "POST /encode", "POST /edit", "POST /interpolate"} <= set(stats.per_endpoint)
+    assert (out / "server.log").exists()

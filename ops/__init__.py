@@ -1,0 +1,1 @@
+"""Operations: Prometheus config and rules, Grafana dashboards, and the Ray Serve scale-out deployment."""

@@ -1,0 +1,219 @@
+"""Scale-out on Ray Serve: the same FastAPI app (``server.app.create_app``) as one replica per GPU.
+
+Each replica is a Ray actor that builds the server's app with its own worker, scheduler and metrics, so a request
+follows exactly the path it takes under plain uvicorn (same routes, same validation, same ``/metrics``). Ray Serve
+adds what one process cannot: replicas on every GPU of every node, autoscaling on ongoing requests, and restarts of
+unhealthy replicas.
+
+Health (cases T32, T33): Ray's default check only pings the actor. :meth:`SVGIngress.check_health` instead sends a
+tiny real request (``POST /generate``, one image, one step, no guidance) through the replica's own app, the same
+execution path as user traffic, with a timeout; a stuck worker or device fails it, and Ray replaces the replica.
+While the model is still loading (``/ready`` is 503) the check passes for ``startup_grace_s`` seconds.
+
+The route prefix is set in one place, :data:`ROUTE_PREFIX` (case T35), so paths are the same as under uvicorn.
+
+Run (from the repository root; everything after ``--`` is a normal ``svg-serve`` flag)::
+
+    python -m ops.ray_serve --min-replicas 1 --max-replicas 8 --gpus-per-replica 1 -- --model-dir models/demo
+
+Source: Ray Serve deployment, ingress, autoscaling and health-check API (reference behaviour of Ray 2.x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from server.config import ServerConfig
+
+ROUTE_PREFIX = "/"  # the only place the route prefix is set (T35): same paths as plain uvicorn
+APP_NAME = "svg"
+
+logger = logging.getLogger("svg.ray_serve")
+
+# The health probe: the smallest real request (1 image, 1 step, guidance off -> 1 model row, 1 decode).
+PROBE_REQUEST = {"class_id": 0, "num_images": 1, "steps": 1, "cfg": 1.0, "seed": 0}
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Ray Serve settings of the SVG deployment (seconds for times).
+
+    Raises:
+        ValueError: a value out of range, naming the field, the value and the allowed range.
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 8.0  # requests in flight per replica before Ray adds one
+    max_ongoing_requests: int = 64  # Ray-level cap per replica; the server's own queue (max_queue) still applies
+    gpus_per_replica: float = 1.0  # 1 -> one replica per GPU; 0 -> CPU replicas (tests, CPU clusters)
+    cpus_per_replica: float = 1.0
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
+    probe_timeout_s: float = 20.0  # the probe request's own deadline, below health_check_timeout_s
+    startup_grace_s: float = 900.0  # model loading + warm-up allowed before a not-ready replica counts as unhealthy
+
+    def __post_init__(self) -> None:
+        def need(name: str, ok: bool, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is out of range: allowed {allowed}")
+
+        need("min_replicas", self.min_replicas >= 0, ">= 0")
+        need("max_replicas", self.max_replicas >= max(1, self.min_replicas), f">= max(1, min_replicas={self.min_replicas})")
+        need("target_ongoing_requests", self.target_ongoing_requests > 0, "> 0")
+        need("max_ongoing_requests", self.max_ongoing_requests >= 1, ">= 1")
+        need("gpus_per_replica", self.gpus_per_replica >= 0, ">= 0")
+        need("cpus_per_replica", self.cpus_per_replica >= 0, ">= 0")
+        need("probe_timeout_s", 0 < self.probe_timeout_s < self.health_check_timeout_s,
+             f"0 < probe_timeout_s < health_check_timeout_s={self.health_check_timeout_s}")
+        need("health_check_period_s", self.health_check_period_s > 0, "> 0")
+        need("startup_grace_s", self.startup_grace_s >= 0, ">= 0")
+
+
+class ProbeFailed(RuntimeError):
+    """The health probe got no 200 in time; the message says what happened."""
+
+
+async def probe(app, timeout_s: float, *, ready_since_start_s: float | None = None, grace_s: float = 0.0) -> str:
+    """Run the health probe against an ASGI ``app`` in-process: ``GET /ready`` then a tiny ``POST /generate``.
+
+    Args:
+        app: the server's ASGI app (already started). timeout_s: deadline of the whole probe, seconds.
+        ready_since_start_s: seconds since the replica started (for the start-up grace); grace_s: the grace.
+
+    Returns:
+        ``"ok"`` after a 200 from ``/generate``, or ``"loading"`` while not ready within the grace period.
+
+    Raises:
+        ProbeFailed: not ready after the grace period, a non-200 answer, or no answer within ``timeout_s``.
+    """
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+
+    async def run() -> str:
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+            ready = await client.get("/ready")
+            if ready.status_code != 200:
+                if ready_since_start_s is not None and ready_since_start_s < grace_s:
+                    return "loading"
+                raise ProbeFailed(f"/ready answered {ready.status_code} after {ready_since_start_s} s "
+                                  f"(start-up grace {grace_s} s)")
+            answer = await client.post("/generate", json=PROBE_REQUEST)
+            if answer.status_code != 200:
+                raise ProbeFailed(f"probe POST /generate answered {answer.status_code}: {answer.text[:200]}")
+            return "ok"
+
+    try:
+        return await asyncio.wait_for(run(), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        raise ProbeFailed(f"probe got no answer within {timeout_s} s (stuck worker or device)") from None
+
+
+def _ingress_class():
+    """The deployment class, defined lazily so that importing this module needs no Ray."""
+    from ray import serve
+
+    @serve.ingress()
+    class SVGIngress:
+        """One replica: the server's FastAPI app with its own worker; Ray routes HTTP to it unchanged."""
+
+        def __init__(self, server_config: ServerConfig, scale: ScaleConfig) -> None:
+            from server.app import create_app
+
+            self.scale = scale
+            self.started = time.monotonic()
+            # Inside a replica the app is reached through Ray's proxy, never through its own socket.
+            self.svg_app = create_app(server_config)  # not `app`: the ingress wrapper owns that name
+
+        def __serve_build_asgi_app__(self):
+            return self.svg_app
+
+        async def check_health(self) -> None:
+            """Called by Ray every ``health_check_period_s``; raising marks the replica unhealthy (T32, T33)."""
+            state = await probe(self.svg_app, self.scale.probe_timeout_s,
+                                ready_since_start_s=time.monotonic() - self.started,
+                                grace_s=self.scale.startup_grace_s)
+            logger.debug("health probe: %s", state)
+
+    return SVGIngress
+
+
+def build_application(server_config: ServerConfig, scale: ScaleConfig):
+    """The Ray Serve application (``serve.run`` it). One replica per ``gpus_per_replica`` GPUs, autoscaled."""
+    from ray import serve
+
+    options = {
+        "name": "SVGIngress",
+        "ray_actor_options": {"num_gpus": scale.gpus_per_replica, "num_cpus": scale.cpus_per_replica},
+        "max_ongoing_requests": scale.max_ongoing_requests,
+        "health_check_period_s": scale.health_check_period_s,
+        "health_check_timeout_s": scale.health_check_timeout_s,
+    }
+    if scale.min_replicas == scale.max_replicas:
+        options["num_replicas"] = scale.max_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": scale.min_replicas,
+            "max_replicas": scale.max_replicas,
+            "target_ongoing_requests": scale.target_ongoing_requests,
+        }
+    deployment = serve.deployment(**options)(_ingress_class())
+    return deployment.bind(server_config, scale)
+
+
+def run(server_config: ServerConfig, scale: ScaleConfig, *, http_host: str = "0.0.0.0", http_port: int = 8000,
+        blocking: bool = False):
+    """Start Serve's HTTP proxy on ``http_host:http_port`` and deploy the app at :data:`ROUTE_PREFIX`.
+
+    Returns the deployment handle. Call ``ray.init(...)`` first to choose the cluster (default: start a local one).
+    """
+    from ray import serve
+
+    serve.start(http_options={"host": http_host, "port": http_port})
+    return serve.run(build_application(server_config, scale), name=APP_NAME, route_prefix=ROUTE_PREFIX,
+                     blocking=blocking)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ScaleConfig, ServerConfig]:
+    """Split ``[Ray options] -- [svg-serve flags]`` and validate both halves (exits with a message on bad input)."""
+    server_argv = argv[argv.index("--") + 1:] if "--" in argv else []
+    own_argv = argv[: argv.index("--")] if "--" in argv else argv
+    defaults = ScaleConfig()
+    parser = argparse.ArgumentParser(prog="python -m ops.ray_serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' to join); default: local")
+    parser.add_argument("--http-host", default="0.0.0.0")
+    parser.add_argument("--http-port", type=int, default=8000)
+    for f in dataclasses.fields(ScaleConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                            default=getattr(defaults, f.name))
+    args = parser.parse_args(own_argv)
+    try:
+        scale = ScaleConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScaleConfig)})
+        server_config = ServerConfig.from_sources(server_argv)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args, scale, server_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m ops.ray_serve [Ray options] -- [svg-serve flags]``; blocks while serving."""
+    args, scale, server_config = parse_args(list(sys.argv[1:] if argv is None else argv))
+    import ray
+
+    import ops
+
+    # Ship this package (ops/) to every node; server/ and svg/ must be installed there (pip install .).
+    ray.init(address=args.address, runtime_env={"py_modules": [ops]})
+    run(server_config, scale, http_host=args.http_host, http_port=args.http_port, blocking=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Ray Serve scale-out: two CPU replicas of the real app behind Ray's proxy (cases T33, T35), and the health probe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import urllib.request
+
+import pytest
+
+from ops.ray_serve import PROBE_REQUEST, ROUTE_PREFIX, ProbeFailed, ScaleConfig, probe
+from server.config import ServerConfig
+
+from .conftest import free_port, wait_http
+
+
+# -- the probe, against stand-in ASGI apps (a stuck server, a loading server) -------------------------------------
+def _asgi_app(ready_status: int, generate_delay_s: float | None):
+    """A minimal ASGI app: /ready answers ``ready_status``; /generate answers 200 after ``generate_delay_s`` seconds
+    (None: never, like a stuck worker)."""
+
+    async def app(scope, receive, send):
+        assert scope["type"] == "http"
+        status = ready_status
+        if scope["path"] == "/generate":
+            await asyncio.sleep(3600 if generate_delay_s is None else generate_delay_s)
+            status = 200
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    return app
+
+
+def test_probe_passes_on_a_working_app_and_fails_fast_on_a_stuck_one():
+    assert asyncio.run(probe(_asgi_app(200, 0.01), timeout_s=5)) == "ok"
+    start = time.monotonic()
+    with pytest.raises(ProbeFailed, match="no answer within 0.5 s"):
+        asyncio.run(probe(_asgi_app(200, None), timeout_s=0.5))
+    assert time.monotonic() - start < 3  # T33: a stuck request path fails the check, it does not hang it
+
+
+def test_probe_allows_loading_only_during_the_startup_grace():
+    loading = _asgi_app(503, 0.01)
+    assert asyncio.run(probe(loading, 5, ready_since_start_s=10, grace_s=600)) == "loading"
+    with pytest.raises(ProbeFailed, match="/ready answered 503"):
+        asyncio.run(probe(loading, 5, ready_since_start_s=700, grace_s=600))
+
+
+def test_scale_config_is_validated_with_the_field_named():
+    with pytest.raises(ValueError, match="max_replicas=1 is out of range"):
+        ScaleConfig(min_replicas=2, max_replicas=1)
+    with pytest.raises(ValueError, match="probe_timeout_s=40"):
+        ScaleConfig(probe_timeout_s=40, health_check_timeout_s=30)
+    assert PROBE_REQUEST["steps"] == 1 and PROBE_REQUEST["num_images"] == 1
+
+
+# -- a local Ray cluster with two CPU replicas ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_url(tiny_model_dir):
+    ray = pytest.importorskip("ray", reason="ray[serve] is in the dev extra: pip install -e '.[dev]'")
+    from ray import serve
+
+    import ops
+    from ops.ray_serve import run
+
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"py_modules": [ops]}, logging_level="WARNING",
+             log_to_driver=False)
+    port = free_port()
+    # No warm-up request: the health probe is the first real forward (keeps this test within its 2-minute budget).
+    server_config = ServerConfig(model_dir=tiny_model_dir, device="cpu", warmup=False)
+    scale = ScaleConfig(min_replicas=2, max_replicas=2, gpus_per_replica=0, cpus_per_replica=1,
+                        health_check_period_s=2, health_check_timeout_s=30, probe_timeout_s=20)
+    try:
+        run(server_config, scale, http_host="127.0.0.1", http_port=port)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/ready", 180)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, response.read()
+
+
+def test_two_replicas_run_and_health_checks_are_real_forwards(ray_url):
+    from ray import serve
+
+    status = serve.status().applications["svg"]
+    assert status.status == "RUNNING"
+    assert status.deployments["SVGIngress"].replica_states == {"RUNNING": 2}
+    # No user has called /generate yet: a non-zero /generate count comes from check_health's probe (T33).
+    probes, deadline = 0.0, time.monotonic() + 30
+    while probes < 1 and time.monotonic() < deadline:
+        _, body = _get(ray_url + "/metrics")
+        found = re.search(r'svg_requests_total\{endpoint="/generate",status="200"\} ([0-9.e+]+)', body.decode())
+        probes = float(found.group(1)) if found else 0.0
+        time.sleep(1)
+    assert probes >= 1
+
+
+def test_endpoints_and_routes_through_the_proxy_match_plain_uvicorn(ray_url, tiny_model_dir):
+    """T35: the same paths as the plain app, route prefix '/' in one place, /-/routes maps it to the ingress."""
+    from server.app import create_app
+
+    assert _get(ray_url + "/health")[0] == 200
+    body = json.dumps({"class_id": 3, "num_images": 2, "steps": 2, "cfg": 4.0, "seed": 7}).encode()
+    request = urllib.request.Request(ray_url + "/generate", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    assert response.status == 200 and len(answer["images"]) == 2 and answer["seed"] == 7
+    routes = json.loads(_get(ray_url + "/-/routes")[1])
+    assert routes == {ROUTE_PREFIX: "svg"}
+    plain = set(create_app(ServerConfig(model_dir=tiny_model_dir, device="cpu")).openapi()["paths"])
+    proxied = set(json.loads(_get(ray_url + "/openapi.json")[1])["paths"])
+    assert proxied == plain and "/generate" in plain
