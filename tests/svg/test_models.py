@@ -133,3 +133,18 @@ def test_dinov3_patch_tokens_exactly_256_and_first_matches_reference_b39(parity_
     ref = data["output.images256.x_norm_patchtokens"]
     assert (tokens[:, 0] - ref[:, 0]).abs().max() <= 5e-5
     assert (tokens - ref).abs().max() <= 5e-5
+
+
+def test_sit_captures_as_one_graph_for_torch_compile():
+    torch._dynamo.reset()
+    cfg = SIT_PRESETS["tiny"]
+    model = SiT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and not p.any():
+                p.normal_(0, 0.02)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # raises on any graph break
+    x, t, y = torch.randn(2, cfg.num_tokens, cfg.in_channels), torch.rand(2), torch.tensor([1, cfg.num_classes])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t, y), model(x, t, y))
+    torch._dynamo.reset()
