@@ -181,9 +181,11 @@ def dino_config_from_manifest(cfg: dict, img_size: int = 256) -> DinoConfig:
     if cfg.get("pos_embed_rope_normalize_coords", "separate") != "separate":
         raise ValueError(f"dinov3 pos_embed_rope_normalize_coords={cfg['pos_embed_rope_normalize_coords']!r} is "
                          "unsupported; allowed: 'separate'")
+    patch = cfg.get("patch_size", 16)
+    img_size = patch * max(1, img_size // patch)  # the nominal size only sets defaults; RoPE takes any multiple
     embed = cfg.get("embed_dim", 384)
     hidden = cfg.get("swiglu_hidden") or int(embed * cfg.get("ffn_ratio", 6) * 2 / 3)
-    return DinoConfig(img_size=img_size, patch_size=cfg.get("patch_size", 16), embed_dim=embed,
+    return DinoConfig(img_size=img_size, patch_size=patch, embed_dim=embed,
                       depth=cfg.get("depth", 12), num_heads=cfg.get("num_heads", 6), swiglu_hidden=hidden,
                       num_storage_tokens=cfg.get("n_storage_tokens", 4),
                       rope_base=float(cfg.get("pos_embed_rope_base", 100.0)))

@@ -72,3 +72,33 @@ def test_a_wrong_number_fails_its_case_and_the_exit_code(parity_dir, tmp_path, c
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "2 passed, 1 failed" and code == 1
     assert any(line.startswith("FAIL stats_norm.safetensors") and "output.normalized" in line for line in lines)
+
+
+def test_runner_builds_models_from_the_manifest_config(tmp_path):
+    """Another small config and batch size than the public set: the runner must take the sizes from the manifest."""
+    from svg.config import SiTConfig
+    from svg.sit import SiT
+
+    torch.manual_seed(7)
+    ref_config = {"input_size": 4, "patch_size": 1, "in_channels": 12, "hidden_size": 32, "depth": 1,
+                  "num_heads": 2, "mlp_ratio": 4, "class_dropout_prob": 0.1, "num_classes": 10, "learn_sigma": True,
+                  "qk_norm": True, "use_swiglu": False, "head_dim": 16}
+    model = SiT(SiTConfig.from_reference(ref_config)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and not p.any():
+                p.normal_(0, 0.02)
+        x, t, y = torch.randn(1, 16, 12), torch.rand(1), torch.tensor([10])
+        out = model(x, t, y)
+    tensors = {f"dit.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update({"input.x": x, "input.t": t, "input.y": y, "output.out": out})
+    save_file(tensors, tmp_path / "dit.safetensors")
+    torch.save({"ema": model.state_dict()}, tmp_path / "dit_ckpt.pt")
+    out_spec = {"role": "output", "suggested_atol": 1e-5}
+    manifest = {"format_version": 1, "files": {
+        "dit.safetensors": {"case": "dit", "config": ref_config,
+                            "tensors": {"input.x": {"role": "input"}, "output.out": out_spec}},
+        "dit_ckpt.pt": {"case": "dit", "tensors": {}}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    results = parity.run_directory(tmp_path)
+    assert [r.passed for r in results] == [True, True], [r.line() for r in results]
