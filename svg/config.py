@@ -271,7 +271,7 @@ SIT_PRESETS: dict[str, SiTConfig] = {
     "SVG-XL": SiTConfig(hidden_size=1152, depth=28, num_heads=16),
     "SVG-XXL": SiTConfig(hidden_size=1280, depth=32, num_heads=20),
     "tiny": SiTConfig(input_size=8, in_channels=36, hidden_size=64, depth=2, num_heads=2),
-    "demo": SiTConfig(input_size=8, in_channels=104, hidden_size=192, depth=6, num_heads=3, num_classes=10),
+    "demo": SiTConfig(input_size=8, in_channels=104, hidden_size=128, depth=4, num_heads=4, num_classes=10),
 }
 
 AE_PRESETS: dict[str, AutoencoderConfig] = {
