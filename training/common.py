@@ -1,0 +1,254 @@
+"""Shared training plumbing: distributed setup, per-rank seeding, EMA, resumable checkpoints, batches, logging.
+
+Used by every stage (``ssl``, ``stage1``, ``stage2``); nothing here knows about a particular model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+log = logging.getLogger("training")
+
+
+# ----------------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: ``rank`` in ``[0, world)``, its ``device``; ``world == 1`` without torchrun."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """Join the process group that ``torchrun`` describes through ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (NCCL on
+    CUDA, gloo on CPU); a plain ``python -m`` run is a world of one and creates no group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) with one value."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank_seed(global_seed: int, rank: int, world: int) -> int:
+    """Per-rank seed for noise, timesteps and label dropout: ``global_seed * world + rank`` (reference
+    ``train_svg.py``), so ranks draw different noise while model init (seeded with ``global_seed``) is shared."""
+    return global_seed * world + rank
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / ``torch.compile`` wrappers, so saved keys carry no ``module.`` or
+    ``_orig_mod.`` prefix (cases T06)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def no_sync_unless(model: nn.Module, sync: bool):
+    """Context for one micro-batch's forward *and* backward: DDP's ``no_sync`` on all but the last micro-batch of
+    an accumulation window, so exactly one all-reduce happens per optimizer step (cases T15)."""
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
+
+
+# ------------------------------------------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of a model's floating-point state (parameters and buffers) in fp32.
+
+    ``update()`` must be called once per optimizer step, after ``optimizer.step()``, and never after a skipped
+    non-finite step (cases T03, T16). The shadow is a full fp32 copy of the unwrapped model, so
+    ``ema.model.state_dict()`` loads strictly into a fresh model (T06) and is what sampling uses.
+    Source: reference ``train_svg.py`` (decay 0.9999, initialised as a copy, buffers included); fp32 shadow
+    because a bf16 step of (1 - 0.9999)·Δ rounds to zero (T04).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"ema decay={decay} out of range; allowed: [0, 1]")
+        self.decay = decay
+        self.model = copy.deepcopy(unwrap(model)).float().eval().requires_grad_(False)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """shadow ← d·shadow + (1 − d)·θ for every floating tensor; integer buffers are copied."""
+        d = self.decay if decay is None else decay
+        src = unwrap(model).state_dict()
+        for name, shadow in self.model.state_dict().items():
+            value = src[name]
+            if shadow.is_floating_point():
+                shadow.mul_(d).add_(value.detach().float(), alpha=1.0 - d)
+            else:
+                shadow.copy_(value)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"], strict=True)
+        self.num_updates = int(state["num_updates"])
+        self.decay = float(state["decay"])
+
+
+# ----------------------------------------------------------------------------------------------------- checkpoints
+def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Every RNG a training step reads: Python, NumPy, torch CPU (label dropout inside the model), CUDA, and
+    named ``torch.Generator`` objects (noise / timesteps)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+    }
+    return state
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in (generators or {}).items():
+        g.set_state(state["generators"][k])
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` atomically (temp file + rename), so a kill mid-write leaves the previous checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict | None:
+    """The checkpoint dict at ``path`` or ``None`` when there is none (fresh start). RNG states hold NumPy
+    objects, hence ``weights_only=False``: only load checkpoints you wrote."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# --------------------------------------------------------------------------------------------------------- batches
+class Batches:
+    """Endless, resumable stream of ``(images, labels)`` batches for one rank.
+
+    Epoch ``e`` uses the permutation drawn from ``seed + e`` (identical on all ranks); rank ``r`` takes every
+    ``world``-th index of it, and the stream can restart at any ``(epoch, batch)`` position, so a resumed run sees
+    exactly the batches an uninterrupted one would. In-memory ``TensorDataset``s are indexed directly;
+    other datasets go through a ``DataLoader`` with ``workers`` processes.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
+                 workers: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} out of range; allowed: >= 1")
+        self.dataset, self.batch_size, self.rank, self.world = dataset, batch_size, rank, world
+        self.seed, self.workers = seed, workers
+        per_rank = len(dataset) // world
+        self.batches_per_epoch = per_rank // batch_size
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"dataset of {len(dataset)} items is too small for batch_size={batch_size} "
+                             f"on {world} rank(s)")
+
+    def _indices(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        perm = torch.randperm(len(self.dataset), generator=g)
+        return perm[self.rank :: self.world][: self.batches_per_epoch * self.batch_size]
+
+    def iterate(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches from global batch number ``start_step`` on (batch ``k`` of the whole run)."""
+        epoch, offset = divmod(start_step, self.batches_per_epoch)
+        while True:
+            idx = self._indices(epoch)[offset * self.batch_size :].view(-1, self.batch_size)
+            if isinstance(self.dataset, TensorDataset):
+                for rows in idx:
+                    yield tuple(t[rows] for t in self.dataset.tensors)
+            else:
+                loader = DataLoader(self.dataset, batch_sampler=idx.tolist(), num_workers=self.workers,
+                                    pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                yield from loader
+            epoch, offset = epoch + 1, 0
+
+
+# --------------------------------------------------------------------------------------------------------- logging
+class Progress:
+    """Periodic log lines with step, loss, steps/s and ETA (rank 0 only)."""
+
+    def __init__(self, total_steps: int, start_step: int, every: int, name: str, enabled: bool = True):
+        self.total, self.every, self.name, self.enabled = total_steps, max(1, every), name, enabled
+        self.t0, self.s0 = time.perf_counter(), start_step
+
+    def __call__(self, step: int, **scalars: float) -> None:
+        if not self.enabled or (step % self.every and step != self.total):
+            return
+        rate = (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else math.inf
+        values = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+        log.info("%s step %d/%d %s | %.2f steps/s | ETA %s", self.name, step, self.total, values, rate,
+                 _fmt_seconds(eta))
+
+
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    m, s = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def setup_logging(log_file: str | Path | None = None) -> None:
+    """Log to stderr and optionally to ``log_file`` (CLI entry points only; library code never configures)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=handlers, force=True)

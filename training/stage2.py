@@ -1,0 +1,325 @@
+"""Stage 2: flow-matching training of the SiT on normalised latent tokens.
+
+Source: svg_reference.md §5 and §8 (reference ``train_svg.py`` with ``config/example_svg_xl.yaml``): t ~ U(0, 1)
+then shifted with s = 0.4 (t = 0 noise, t = 1 data), velocity target data − noise, plain MSE
+(``svg.flow.flow_matching_loss``); label dropout 0.1 inside the SiT (train mode only); AdamW lr 1e-4, wd 0,
+betas (0.9, 0.999), constant LR, no clipping; EMA 0.9999 in fp32, initialised as a copy, updated once per
+optimizer step after ``optimizer.step()``; per-rank seed ``global_seed · world + rank``.
+
+Additions a production trainer needs (cases T01–T16): gradient accumulation with DDP ``no_sync`` on all but the
+last micro-batch; optional bf16 autocast (GPU); optional grad-norm clipping (the norm is always logged); a
+non-finite loss or gradient skips the optimizer *and* the EMA update, is counted, and K consecutive skips abort;
+optional warmup + cosine LR schedule; resumable checkpoints with model, EMA, optimizer, scheduler, step, config
+and every RNG state (resumed == uninterrupted, bit for bit), keys without wrapper prefixes.
+
+Latents come from the frozen autoencoder: encoded once into a cache (``--latents``, fast path for small data
+such as the demo) or on the fly per batch (ImageNet scale, as the reference does).
+
+Run (demo): ``python -m training.stage2 --data ../shared/data/mnist.npz --model-dir runs/demo/model --preset demo
+--out runs/demo/stage2 --steps 8000 --batch-size 128 --lr 1e-3``; multi-GPU: ``torchrun --nproc_per_node 8 -m
+training.stage2 ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from svg.config import SiTConfig, sit_preset
+from svg.flow import TRAIN_SHIFT, flow_matching_loss
+from svg.sit import SiT
+from training.common import (EMA, Batches, Dist, Progress, cleanup_distributed, load_checkpoint,
+                             no_sync_unless, rank_seed, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state, setup_distributed, setup_logging, unwrap)
+
+log = logging.getLogger("training.stage2")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after ``max_skips`` consecutive optimizer steps with a non-finite loss or gradient."""
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    """Stage-2 hyperparameters; defaults are the reference's (§8). ``batch_size`` is per process and per
+    micro-batch: the global batch is ``batch_size · accum · world``."""
+
+    steps: int = 7_000_000
+    batch_size: int = 32
+    accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 0
+    cosine: bool = False  # constant LR (reference) unless set
+    min_lr_ratio: float = 0.0
+    ema_decay: float = 0.9999
+    shift: float = TRAIN_SHIFT
+    clip_grad: float | None = None
+    bf16: bool = False  # autocast on CUDA only
+    max_skips: int = 10
+    seed: int = 1234
+    log_every: int = 100
+    ckpt_every: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accum", "max_skips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} out of range; allowed: >= 1")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay} out of range; allowed: [0, 1]")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} out of range; allowed: > 0")
+
+
+def lr_lambda(cfg: Stage2Config):
+    """LR multiplier per optimizer step: linear warmup, then constant or cosine down to ``min_lr_ratio``."""
+
+    def f(step: int) -> float:
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if not cfg.cosine:
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+class Stage2Trainer:
+    """Owns model, EMA, optimizer, scheduler and RNGs of one stage-2 run; ``step()`` performs one optimizer step
+    over ``accum`` micro-batches. Build it, then ``resume()`` (EMA exists before the checkpoint is loaded, T01).
+
+    ``batch_fn(micro_index) -> (x (B, T, C) float32 normalised tokens, y (B,) int64)`` supplies data.
+    """
+
+    def __init__(self, sit_config: SiTConfig, cfg: Stage2Config, d: Dist | None = None,
+                 model: nn.Module | None = None):
+        self.cfg, self.d = cfg, d or Dist(0, 1, 0, torch.device("cpu"))
+        seed_everything(cfg.seed)  # identical init on every rank
+        self.model = (model if model is not None else SiT(sit_config)).to(self.d.device)
+        self.ema = EMA(self.model, cfg.ema_decay)  # a copy (decay 0 start), built before any resume
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model) if self.d.world > 1 else self.model)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     betas=cfg.betas)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        seed = rank_seed(cfg.seed, self.d.rank, self.d.world)
+        torch.manual_seed(seed)  # label dropout inside the model draws from the global RNG
+        self.gen = torch.Generator(device=self.d.device).manual_seed(seed)  # noise and t
+        self.step_count, self.skipped, self.consecutive_skips = 0, 0, 0
+
+    # ------------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict()["model"],
+                "ema_updates": self.ema.num_updates, "ema_decay": self.ema.decay,
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "step": self.step_count, "skipped": self.skipped, "config": asdict(self.cfg),
+                "sit_config": unwrap(self.model).config.to_dict(), "world": self.d.world}
+
+    def save(self, path: str | Path) -> None:
+        """Checkpoint with every rank's RNG state (gathered to rank 0, which writes)."""
+        rngs = [None] * self.d.world
+        mine = rng_state({"noise": self.gen})
+        if self.d.world > 1:
+            torch.distributed.all_gather_object(rngs, mine)
+        else:
+            rngs = [mine]
+        if self.d.main:
+            save_checkpoint(path, {**self.state_dict(), "rng": rngs})
+
+    def resume(self, path: str | Path) -> bool:
+        """Load ``path`` if it exists; returns whether it did. A different world size is refused: the RNG
+        streams and the global batch would change silently (T13)."""
+        ckpt = load_checkpoint(path)
+        if ckpt is None:
+            return False
+        if ckpt["world"] != self.d.world:
+            raise ValueError(f"checkpoint {path} was written with world={ckpt['world']}; this run has "
+                             f"world={self.d.world}. Resume with the same number of processes.")
+        unwrap(self.model).load_state_dict(ckpt["model"], strict=True)
+        self.ema.load_state_dict({"model": ckpt["ema"], "num_updates": ckpt["ema_updates"],
+                                  "decay": ckpt["ema_decay"]})
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.step_count, self.skipped = ckpt["step"], ckpt["skipped"]
+        set_rng_state(ckpt["rng"][self.d.rank], {"noise": self.gen})
+        return True
+
+    # ------------------------------------------------------------------------------------------------- step
+    def step(self, batch_fn) -> dict[str, float]:
+        """One optimizer step; returns ``loss`` (mean over micro-batches), ``grad_norm``, ``lr``, ``skipped``."""
+        cfg = self.cfg
+        self.ddp.train()
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.d.device)
+        use_bf16 = cfg.bf16 and self.d.device.type == "cuda"
+        for i in range(cfg.accum):
+            x, y = batch_fn(i)
+            x, y = x.to(self.d.device, non_blocking=True), y.to(self.d.device, non_blocking=True)
+            # no_sync wraps forward AND backward of micro-batches 0..k-2; the last one all-reduces (T15)
+            with no_sync_unless(self.ddp, sync=(i == cfg.accum - 1)):
+                autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+                with autocast:
+                    loss, _, _ = flow_matching_loss(self.ddp, x, y, shift=cfg.shift, generator=self.gen)
+                (loss / cfg.accum).backward()
+            total += loss.detach() / cfg.accum
+        max_norm = cfg.clip_grad if cfg.clip_grad else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        finite = bool(torch.isfinite(total) and torch.isfinite(grad_norm))
+        if finite:
+            self.opt.step()
+            self.ema.update(self.model)  # after optimizer.step(), once per optimizer step (T03)
+            self.consecutive_skips = 0
+        else:  # skip optimizer AND EMA (T16)
+            self.skipped += 1
+            self.consecutive_skips += 1
+            log.warning("non-finite loss/grad at step %d: skipped (%d in a row)", self.step_count + 1,
+                        self.consecutive_skips)
+            if self.consecutive_skips >= cfg.max_skips:
+                raise NonFiniteError(f"{self.consecutive_skips} consecutive non-finite steps; aborting")
+        self.sched.step()
+        self.step_count += 1
+        return {"loss": total.item(), "grad_norm": grad_norm.item(), "lr": self.sched.get_last_lr()[0],
+                "skipped": float(self.skipped)}
+
+
+# ------------------------------------------------------------------------------------------------ latents
+@torch.no_grad()
+def encode_dataset(pipe_ae, images: torch.Tensor, batch: int = 500, align: str = "per_image") -> torch.Tensor:
+    """Raw latent tokens ``(N, T, C)`` float32 of ``images (N, 3, H, W)`` in [-1, 1] through the frozen
+    autoencoder (eval mode). ``per_image`` alignment: each latent is what the server's encoder returns for that
+    image (for a batch of one the reference's ``batch`` mode gives the same)."""
+    from svg.latent import to_tokens
+
+    pipe_ae.eval()
+    return torch.cat([to_tokens(pipe_ae.encode(x, align=align)) for x in images.split(batch)])
+
+
+def latent_statistics(tokens: torch.Tensor):
+    """Per-channel mean/std (1, 1, C) over all tokens of ``tokens (N, T, C)`` as an ``svg.latent.LatentNorm``."""
+    from svg.latent import LatentNorm, LatentStatsAccumulator
+
+    acc = LatentStatsAccumulator()
+    for chunk in tokens.split(1000):
+        acc.update(chunk)
+    return LatentNorm(*acc.result())
+
+
+def train_stage2(trainer: Stage2Trainer, batches, out: Path, sit_dir: Path | None = None) -> nn.Module:
+    """Run ``trainer`` to ``cfg.steps`` drawing ``(x, y)`` from the iterator ``batches``; checkpoint to
+    ``out/stage2_last.pt``; returns the EMA model."""
+    cfg, d = trainer.cfg, trainer.d
+    progress = Progress(cfg.steps, trainer.step_count, cfg.log_every, "stage2", enabled=d.main)
+    while trainer.step_count < cfg.steps:
+        logs = trainer.step(lambda i: next(batches))
+        progress(trainer.step_count, **logs)
+        if trainer.step_count % cfg.ckpt_every == 0 or trainer.step_count == cfg.steps:
+            trainer.save(out / "stage2_last.pt")
+    return trainer.ema.model
+
+
+class TokenBatches:
+    """Resumable stream of ``(normalised tokens (B, T, C), labels (B,))`` from a token cache."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, norm, batch_size: int, d: Dist, seed: int,
+                 start_batch: int):
+        from torch.utils.data import TensorDataset
+
+        self.norm = norm
+        self.it = Batches(TensorDataset(tokens, labels), batch_size, d.rank, d.world, seed).iterate(start_batch)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        x, y = next(self.it)
+        return self.norm.normalize(x.float()), y
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="SVG stage 2: flow-matching diffusion training")
+    p.add_argument("--data", required=True, help="mnist.npz or an ImageFolder root")
+    p.add_argument("--model-dir", required=True,
+                   help="directory with autoencoder.safetensors and latent_stats.safetensors; sit.safetensors "
+                        "(the EMA) is written here")
+    p.add_argument("--preset", default="SVG-XL", help="SiT preset (svg.config.SIT_PRESETS)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--latents", default=None, help="token cache file (.pt); created on first use")
+    p.add_argument("--steps", type=int, default=Stage2Config.steps)
+    p.add_argument("--batch-size", type=int, default=Stage2Config.batch_size)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=Stage2Config.lr)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--cosine", action="store_true")
+    p.add_argument("--ema-decay", type=float, default=Stage2Config.ema_decay)
+    p.add_argument("--clip-grad", type=float, default=None)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--seed", type=int, default=Stage2Config.seed)
+    p.add_argument("--log-every", type=int, default=Stage2Config.log_every)
+    p.add_argument("--ckpt-every", type=int, default=Stage2Config.ckpt_every)
+    p.add_argument("--workers", type=int, default=4)
+    a = p.parse_args(argv)
+    d = setup_distributed()
+    out = Path(a.out)
+    setup_logging(out / "stage2.log" if d.main else None)
+    cfg = Stage2Config(steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=a.lr, warmup=a.warmup,
+                       cosine=a.cosine, ema_decay=a.ema_decay, clip_grad=a.clip_grad, bf16=a.bf16, seed=a.seed,
+                       log_every=a.log_every, ckpt_every=a.ckpt_every)
+    from svg.checkpoint import load_autoencoder, load_latent_stats
+    from svg.pipeline import AE_FILE, STATS_FILE
+    from training.data import build_dataset
+    from training.export import export_sit
+
+    model_dir = Path(a.model_dir)
+    ae = load_autoencoder(model_dir / AE_FILE).to(d.device).eval()
+    norm = load_latent_stats(model_dir / STATS_FILE).to(d.device)
+    sit_cfg = sit_preset(a.preset)
+    trainer = Stage2Trainer(sit_cfg, cfg, d)
+    if trainer.resume(out / "stage2_last.pt"):
+        log.info("stage2: resumed at step %d", trainer.step_count)
+    t0 = time.perf_counter()
+    dataset = build_dataset(a.data, ae.config.dino.img_size, "train")
+    start_batch = trainer.step_count * cfg.accum
+    if a.latents:
+        cache = Path(a.latents)
+        if cache.is_file():
+            tokens, labels = torch.load(cache, map_location="cpu", weights_only=True).values()
+        else:
+            images, labels = dataset.tensors
+            tokens = encode_dataset(ae, images.to(d.device)).cpu()
+            if d.main:
+                torch.save({"tokens": tokens, "labels": labels}, cache)
+        batches = TokenBatches(tokens, labels, norm.cpu(), cfg.batch_size, d, cfg.seed, start_batch)
+    else:  # encode on the fly (reference behaviour at ImageNet scale)
+        raw = Batches(dataset, cfg.batch_size, d.rank, d.world, cfg.seed, a.workers).iterate(start_batch)
+
+        def on_the_fly():
+            from svg.latent import to_tokens
+
+            for x, y in raw:
+                with torch.no_grad():
+                    z = to_tokens(ae.encode(x.to(d.device), align="batch"))
+                yield norm.normalize(z), y
+
+        batches = on_the_fly()
+    ema = train_stage2(trainer, batches, out)
+    if d.main:
+        export_sit(ema, model_dir, {"train_steps": str(trainer.step_count)})
+        result = {"steps": trainer.step_count, "wall_s": round(time.perf_counter() - t0, 1),
+                  "skipped_steps": trainer.skipped}
+        (out / "stage2_result.json").write_text(json.dumps(result, indent=2))
+        log.info("stage2 done: %s", result)
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()
