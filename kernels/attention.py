@@ -219,7 +219,7 @@ def _launch(q, k, v, qw, qb, q_eps, kw, kb, k_eps, scale) -> torch.Tensor:
     fp32 = q.dtype == torch.float32
     if interpreted():
         # interpreter: cost is per program and per loop step, so use the largest tiles the shape allows
-        block_m, block_n = min(128, block_size(n_q)), min(128, block_size(n_k))
+        block_m, block_n = min(256, block_size(n_q)), min(256, block_size(n_k))
         warps, stages = 4, 1
     elif fp32:
         block_m, block_n, warps, stages = 64, 32, 4, 2      # fp32 tiles are twice the bytes: keep shared memory low
