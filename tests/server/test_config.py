@@ -1,0 +1,34 @@
+"""Configuration: one place for flags and SVG_* variables, validated with the field, value and range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, ServerConfig
+
+
+def test_flag_beats_env_beats_default():
+    cfg = ServerConfig.from_sources(["--max-rows", "16"], env={"SVG_MAX_ROWS": "8", "SVG_DEVICE": "cpu",
+                                                                "SVG_WARMUP": "false", "SVG_MODEL_DIR": "/m"})
+    assert cfg.max_rows == 16 and cfg.device == "cpu" and cfg.warmup is False and cfg.model_dir == Path("/m")
+    assert ServerConfig.from_sources([], env={}).max_queue == ServerConfig().max_queue
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--workers", "2"], "workers=2"), (["--max-rows", "1"], "max_rows=1"), (["--dtype", "fp8"], "dtype='fp8'"),
+    (["--sit-engine", "onnx"], "sit_engine='onnx'"), (["--max-rows", "many"], "max_rows='many'"),
+    (["--request-timeout-s", "601"], "0.1..600"), (["--sit-checkpoint", "x.pt"], "preset"),
+    (["--api-key", "short"], "api_key"), (["--device", "tpu"], "device='tpu'"),
+])
+def test_invalid_values_name_field_value_and_range(argv, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        ServerConfig.from_sources(argv, env={})
+
+
+def test_every_field_has_a_flag_and_help():
+    text = ServerConfig.parser().format_help()
+    for name in ServerConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in text
+        assert "SVG_" + name.upper() in text
