@@ -4,7 +4,8 @@
 #   2. the kernel benchmark (python -m kernels.bench) at SVG-XL shapes;
 #   3. end-to-end SVG-XL sampling with random weights, bf16, 25 Euler steps with guidance, batch 1/16/64,
 #      SDPA vs Triton, reporting images/s and MFU (scripts/bench_sampling.py);
-#   4. hook: `python -m engines.bench --gpu --out-dir DIR` when that module exists (the engines ladder).
+#   4. hook: `python -m engines.bench --gpu --out DIR/engines.csv` when that module exists (the engines ladder),
+#      with whatever is left of the 8-minute budget.
 # Every result is CSV under benchmarks/gpu/<UTC date>_<gpu name>/ (summary.csv lists each step's status and time).
 # Imports nothing from server/. Budget: <= 8 minutes on an H200; each step has its own timeout (override below).
 #
@@ -21,7 +22,7 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 T_TESTS="${GPU_CHECK_TESTS_TIMEOUT:-200}"
 T_KBENCH="${GPU_CHECK_KERNEL_BENCH_TIMEOUT:-90}"
 T_SAMPLING="${GPU_CHECK_SAMPLING_TIMEOUT:-130}"
-T_ENGINES="${GPU_CHECK_ENGINES_TIMEOUT:-60}"
+BUDGET="${GPU_CHECK_BUDGET:-480}"   # seconds for the whole script
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check: torch.cuda.is_available() is False; this script needs a CUDA GPU" >&2
@@ -64,10 +65,12 @@ step sampling "$T_SAMPLING" "sampling.csv" \
   "$PY" scripts/bench_sampling.py --preset SVG-XL --batches 1 16 64 --steps 25 --cfg 6.0 --dtype bfloat16 \
   --backends sdpa triton --out "$OUT/sampling.csv"
 
-# Hook for the engines ladder (eager / compile / CUDA graphs / TensorRT): it writes its own CSVs into $OUT.
+# Hook for the engines ladder (eager / compile / CUDA graphs / TensorRT), given the rest of the budget.
 if "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('engines.bench') else 1)" 2>/dev/null
 then
-  step engines_bench "$T_ENGINES" "engines/" "$PY" -m engines.bench --gpu --out-dir "$OUT"
+  left=$((BUDGET - SECONDS)); [ "$left" -lt 30 ] && left=30
+  step engines_bench "${GPU_CHECK_ENGINES_TIMEOUT:-$left}" "engines.csv" \
+    "$PY" -m engines.bench --gpu --out "$OUT/engines.csv"
 else
   echo "engines_bench,absent,,0," >> "$OUT/summary.csv"
 fi
