@@ -66,6 +66,8 @@ class ServerConfig:
     port: int = _help("listen port, 0..65535", default=8000)
     workers: int = _help("server processes; must be 1: one process owns the device (case B28)", default=1)
     peak_flops: float = _help("device peak FLOP/s for svg_mfu_ratio (default H200 BF16 dense)", default=989.4e12)
+    max_requests_per_step: int = _help("distinct requests sharing one DiT step, 0 = no cap; 1 turns batching off "
+                                       "(benchmark baseline)", default=0)
     batch_invariant: bool = _help("pad every SiT/decoder call to max_rows/decode_batch rows so a request's output "
                                   "is bit-identical whatever it is batched with (costs compute at low load)",
                                   default=True)
@@ -89,6 +91,7 @@ class ServerConfig:
         need("request_timeout_s", 0.1 <= self.request_timeout_s <= 600, "0.1..600 seconds")
         need("max_images", 1 <= self.max_images <= 256, "1..256")
         need("max_steps", 1 <= self.max_steps <= 1000, "1..1000")
+        need("max_requests_per_step", 0 <= self.max_requests_per_step <= 4096, "0..4096 (0 = no cap)")
         need("decode_batch", 1 <= self.decode_batch <= 1024, "1..1024")
         need("max_upload_bytes", 1024 <= self.max_upload_bytes <= 2**30, "1024..1073741824 bytes")
         need("max_upload_pixels", 1 <= self.max_upload_pixels <= 80_000_000, "1..80000000 pixels")

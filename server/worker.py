@@ -144,13 +144,12 @@ class Worker:
     """
 
     def __init__(self, cfg: ServerConfig, metrics: ServerMetrics,
-                 model_loader: Callable[[ServerConfig], LoadedModel] = load_model,
-                 max_requests_per_step: int | None = None) -> None:
+                 model_loader: Callable[[ServerConfig], LoadedModel] = load_model) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.model_loader = model_loader
         self.scheduler = Scheduler(max_rows=cfg.max_rows, max_queue=cfg.max_queue, max_wait_s=cfg.batch_wait_s,
-                                   max_requests_per_step=max_requests_per_step)
+                                   max_requests_per_step=cfg.max_requests_per_step or None)
         self.model: LoadedModel | None = None
         self.ready = threading.Event()
         self.load_error: str | None = None
