@@ -16,6 +16,7 @@ device cannot run Triton, or the shape is outside what the kernel supports.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Optional, Tuple
@@ -206,6 +207,11 @@ def supports(q: torch.Tensor) -> bool:
     return 1 <= q.shape[-1] <= MAX_HEAD_DIM
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _launch(q, k, v, qw, qb, q_eps, kw, kb, k_eps, scale) -> torch.Tensor:
     """Run the Triton kernel on (B, H, N, D) tensors with any strides. Raises ``ValueError`` for D > 128."""
     bsz, heads, n_q, d = q.shape
@@ -224,8 +230,11 @@ def _launch(q, k, v, qw, qb, q_eps, kw, kb, k_eps, scale) -> torch.Tensor:
     elif fp32:
         block_m, block_n, warps, stages = 64, 32, 4, 2      # fp32 tiles are twice the bytes: keep shared memory low
     else:
-        block_m, block_n = 128, 64
-        warps, stages = (4, 3) if block_d <= 64 else (8, 3)
+        # 128-row tiles (FlashAttention-2 §3.3 sizes); 64 rows when 128-row tiles would leave SMs idle, as with
+        # SVG-XL at 1 image (2 rows x 16 heads x 2 tiles = 64 programs). Untuned: see docs/kernels.md.
+        block_m = 128 if triton.cdiv(n_q, 128) * bsz * heads >= _sm_count(q.device) else 64
+        block_n = 64
+        warps, stages = (4, 3) if block_d <= 64 or block_m == 64 else (8, 3)
     dummy = q  # unused pointer when a norm is off (constexpr branch removes the loads)
     qw, qb, kw, kb = (None if t is None else t.contiguous() for t in (qw, qb, kw, kb))
     grid = (triton.cdiv(n_q, block_m), bsz * heads)
