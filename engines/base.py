@@ -62,11 +62,16 @@ class DecodeAdapter(nn.Module):
 
     def __init__(self, decoder: nn.Module, clamp: bool = True) -> None:
         super().__init__()
+        inner = getattr(decoder, "decoder", None)
+        if hasattr(decoder, "decode") and isinstance(inner, nn.Module):
+            # SVGAutoencoder.decode is decoder(latent) + clamp: wrap only the decoder, so an engine's device move
+            # and half-precision cast never touch the encoders the server still runs eagerly (editing).
+            decoder = inner
         self.decoder = decoder
         self.clamp = clamp
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        """``latent (B, C, h, w)`` normalised-back latent -> ``(B, 3, H, W)`` images in [-1, 1] when clamped."""
+        """``latent (B, C, h, w)`` denormalised latent -> ``(B, 3, H, W)`` images, in [-1, 1] when clamped."""
         if hasattr(self.decoder, "decode"):
             return self.decoder.decode(latent, clamp=self.clamp)
         image = self.decoder(latent)

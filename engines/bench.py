@@ -283,7 +283,8 @@ def run_ladder(preset: str, batches: list[int], steps: int, scale: float, shift:
                     velocity_max_abs_diff=f"{vel_diff:.3g}",
                     tflop_per_image=f"{flop / 1e12:.4g}",
                     mfu=round(ips * flop / peak, 4) if peak else "",
-                    note=f"attention={backend}",
+                    note=f"attention={backend}" + ("" if device.type == "cuda"
+                                                   else f" threads={torch.get_num_threads()}"),
                 ))
                 log.info("%s", out[-1])
         sit_engine.close()
@@ -312,12 +313,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5 CPU, 10 GPU)")
     parser.add_argument("--rungs", default=",".join(RUNGS), help=f"subset of {','.join(RUNGS)}")
     parser.add_argument("--decode", action="store_true", help="include the decoder in the timed run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared machine)")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/engines_{cpu,gpu}.csv)")
     parser.add_argument("--append", action="store_true", help="append to the CSV instead of overwriting")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA device; none is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.gpu else "cpu")
     preset = args.preset or ("SVG-XL" if args.gpu else "tiny")
     batches = [int(b) for b in (args.batches or ("1,16,64,256" if args.gpu else "1,4")).split(",")]
