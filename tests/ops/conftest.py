@@ -52,11 +52,12 @@ def live_server(tiny_model_dir, tmp_path_factory):
     """``python -m server`` on the tiny model (CPU) at a free port; yields its base URL once /ready is 200."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One intra-op thread and small padded batches: the CPU settings of docs/operations.md's smoke run.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--model-dir", str(tiny_model_dir), "--device", "cpu",
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--max-rows", "8", "--decode-batch", "4", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -119,22 +121,39 @@ def test_loadtest_imports_nothing_from_the_repository():
                 assert name.split(".")[0] not in ours, f"{path.name} imports {name}"
 
 
+def documented_command(prefix: str) -> tuple[dict[str, str], list[str]]:
+    """The first command line in docs/operations.md that starts with ``prefix``: its leading ``VAR=value``
+    assignments and its words, split like a shell."""
+    for line in (REPO / "docs" / "operations.md").read_text().splitlines():
+        if line.startswith(prefix):
+            words = shlex.split(line)
+            env = {}
+            while "=" in words[0] and not words[0].startswith("-"):
+                key, _, value = words.pop(0).partition("=")
+                env[key] = value
+            return env, words
+    raise AssertionError(f"docs/operations.md has no command starting with {prefix!r}")
+
+
 def test_smoke_load_test_against_the_tiny_model_meets_its_slo(tiny_model_dir, tmp_path):
-    """The CI smoke run: 20 s, 4 users, the runner starts the server itself (the documented command)."""
+    """The CI smoke run, exactly as documented: 20 s, 4 users, the runner starts the server itself. Only the
+    model folder, the port and the output folder are swapped for temporary ones."""
     from .conftest import free_port
 
-    port = free_port()
+    port = str(free_port())
     out = tmp_path / "smoke"
-    command = [
-        sys.executable, "-m", "loadtest.run",
-        "--start-server", f"{sys.executable} -m server --model-dir {tiny_model_dir} --device cpu --port {port}",
-        "--url", f"http://127.0.0.1:{port}", "--duration", "20s", "--users", "4", "--shape", "steady",
-        "--max-steps", "4", "--image-size", "64", "--max-fail-ratio", "0.01", "--max-p99-ms", "15000",
-        "--out", str(out),
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    svg_serve = str(Path(sys.executable).parent / "svg-serve")  # the console script of this environment
+    env, command = documented_command("OMP_NUM_THREADS=1 python -m loadtest.run --start-server")
+    command[0] = sys.executable
+    start_server = command.index("--start-server") + 1
+    command[start_server] = (command[start_server].replace("svg-serve", svg_serve, 1)
+                             .replace("runs/tiny-model", str(tiny_model_dir)).replace("8000", port))
+    command[command.index("--url") + 1] = f"http://127.0.0.1:{port}"
+    command[command.index("--out") + 1] = str(out)
+    assert command[command.index("--duration") + 1] == "20s"
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr + (out / "locust.log").read_text()[-3000:]
     stats = read_stats(out / "locust_stats.csv")
-    assert stats.requests >= 20 and stats.failures == 0
+    assert stats.requests >= 10 and stats.failures == 0
     assert {"POST /generate", "POST /encode", "POST /edit", "POST /interpolate"} <= set(stats.per_endpoint)
-    assert (out / "server.log").exists()
+    assert (out / "server.log").stat().st_size > 0  # the runner kept the server log

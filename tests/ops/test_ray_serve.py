@@ -69,7 +69,7 @@ def ray_url(tiny_model_dir):
              log_to_driver=False)
     port = free_port()
     # No warm-up request: the health probe is the first real forward (keeps this test within its 2-minute budget).
-    server_config = ServerConfig(model_dir=tiny_model_dir, device="cpu", warmup=False)
+    server_config = ServerConfig(model_dir=tiny_model_dir, device="cpu", warmup=False, max_rows=8, decode_batch=4)
     scale = ScaleConfig(min_replicas=2, max_replicas=2, gpus_per_replica=0, cpus_per_replica=1,
                         health_check_period_s=2, health_check_timeout_s=30, probe_timeout_s=20)
     try:
