@@ -28,6 +28,8 @@ NormParams = tuple[torch.Tensor, torch.Tensor, float]
 
 
 class AttentionBackend(str, enum.Enum):
+    """Attention implementations selectable with :func:`set_attention_backend` or ``SVG_ATTENTION``."""
+
     SDPA = "sdpa"
     TRITON = "triton"
     XFORMERS = "xformers"

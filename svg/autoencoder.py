@@ -40,6 +40,7 @@ class SVGAutoencoder(nn.Module):
         self.decoder = Decoder(config.decoder)
 
     def train(self, mode: bool = True) -> "SVGAutoencoder":
+        """Set train/eval mode on the residual encoder and decoder; the frozen DINOv3 always stays in eval."""
         super().train(mode)
         self.encoder.eval()
         return self

@@ -228,14 +228,17 @@ class SiTConfig(_ConfigMixin):
 
     @property
     def out_channels(self) -> int:
+        """Output channels per token: 2·in_channels with learn_sigma (velocity first), else in_channels."""
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
     @property
     def head_dim(self) -> int:
+        """hidden_size / num_heads (72 for SVG-XL)."""
         return self.hidden_size // self.num_heads
 
     @property
     def num_tokens(self) -> int:
+        """T = input_size² (256 at 256 px)."""
         return self.input_size * self.input_size
 
     @classmethod

@@ -62,6 +62,7 @@ class LatentNorm(nn.Module):
 
     @property
     def channels(self) -> int:
+        """C, the number of latent channels."""
         return self.mean.shape[-1]
 
     def normalize(self, tokens: torch.Tensor) -> torch.Tensor:

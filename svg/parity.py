@@ -50,6 +50,8 @@ DEFAULT_ATOL = 1e-5  # the fixtures' float32 CPU default (README "Tolerances")
 
 @dataclass
 class Comparison:
+    """One tensor check: its name, max |got − expected| and the tolerance it was held to."""
+
     name: str
     max_abs_diff: float
     atol: float
@@ -69,9 +71,11 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
+        """No error, no unchecked output and every comparison within tolerance."""
         return self.error is None and not self.unchecked and all(c.ok for c in self.comparisons)
 
     def line(self) -> str:
+        """The one-line report of this case (``PASS``/``FAIL`` file (case): details)."""
         head = f"{'PASS' if self.passed else 'FAIL'} {self.file} ({self.case})"
         if self.error:
             return f"{head}: error: {self.error}"

@@ -70,6 +70,7 @@ class SVGPipeline:
 
     @property
     def latent_size(self) -> int:
+        """h = w of the latent grid (16 for the release)."""
         return self.autoencoder.config.latent_size
 
     def to(self, device: torch.device | str | None = None, dtype: Optional[torch.dtype] = None) -> "SVGPipeline":

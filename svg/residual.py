@@ -30,6 +30,8 @@ __all__ = ["AlignMode", "ResidualEncoder", "match_distribution"]
 
 
 class AlignMode(str, enum.Enum):
+    """Statistics of the alignment: over the whole batch (reference) or per image (serving default)."""
+
     BATCH = "batch"
     PER_IMAGE = "per_image"
 
