@@ -211,3 +211,23 @@ def test_make_random_cli_writes_a_loadable_labelled_directory(tmp_path):
         assert out_sit.abs().max() > 0 and pipe.decode_tokens(tokens).shape == (2, 3, 32, 32)
     with pytest.raises(FileNotFoundError, match="sit.safetensors"):
         SVGPipeline.from_dir(tmp_path)
+
+
+def test_dinov3_loads_from_a_standalone_meta_style_pth(parity_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from svg.checkpoint import load_dinov3
+    from svg.config import DinoConfig
+    from svg.dinov3 import patch_tokens
+
+    state = torch.load(parity_dir / "ae_ckpt.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    torch.save({k[len("encoder."):]: v.clone() for k, v in state.items() if k.startswith("encoder.")},
+               tmp_path / "dinov3_vits16plus_test.pth")
+    model = load_dinov3(tmp_path / "dinov3_vits16plus_test.pth", DinoConfig(depth=2))
+    data = load_file(parity_dir / "dinov3.safetensors")
+    with torch.no_grad():
+        tokens = patch_tokens(model, data["input.images_nonsquare"])  # 224x320: a 14x20 grid through RoPE
+    assert tokens.shape == (1, 280, 384)
+    assert (tokens - data["output.images_nonsquare.x_norm_patchtokens"]).abs().max() <= 5e-5
+    with pytest.raises(CheckpointError, match="blocks.1"):
+        load_dinov3(tmp_path / "dinov3_vits16plus_test.pth", DinoConfig(depth=1))
