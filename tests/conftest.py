@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+# Triton kernels run on the CPU through the interpreter when there is no GPU. It must be set before `kernels` is first
+# imported (``@triton.jit`` picks interpreted or compiled at decoration time), and this root conftest loads first.
+import torch  # noqa: E402  (after the comment above on purpose)
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SVG_SHARED_DIR", REPO.parent / "shared"))
 PARITY_DIR = SHARED / "fixtures" / "parity"
