@@ -121,7 +121,8 @@ class EMA:
         for name, shadow in self.model.state_dict().items():
             value = src[name]
             if shadow.is_floating_point():
-                shadow.mul_(d).add_(value.detach().float(), alpha=1.0 - d)
+                # lerp: shadow + (1 − d)·(θ − shadow), one rounding per step (mul_ + add_ rounds twice)
+                shadow.lerp_(value.detach().float(), 1.0 - d)
             else:
                 shadow.copy_(value)
         self.num_updates += 1

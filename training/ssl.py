@@ -122,16 +122,19 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, batch: int = 500) -> dict[str, torch.Tensor]:
-    """Frozen features of [-1, 1] ``images`` for the kNN probe: ``cls`` (B, D) and ``patch_mean`` (B, D), the mean of the final-norm
-    patch tokens (what the SVG latent is built from)."""
+    """Frozen features of [-1, 1] ``images (N, 3, H, W)`` for the kNN probe: ``cls`` (N, D), the class token;
+    ``patch_grid`` (N, 16·D), the final-norm patch tokens (what the SVG latent is made of) average-pooled to a
+    4×4 grid and flattened."""
     encoder.eval()
-    prefix = 1 + getattr(encoder, "num_reg_tokens", 0)
-    cls, mean = [], []
+    prefix = encoder.num_prefix_tokens
+    cls, grid = [], []
     for chunk in images.split(batch):
         f = encoder.forward_features(to_encoder_input(chunk))
         cls.append(f[:, 0])
-        mean.append(f[:, prefix:].mean(1))
-    return {"cls": torch.cat(cls), "patch_mean": torch.cat(mean)}
+        side = int((f.shape[1] - prefix) ** 0.5)
+        tokens = f[:, prefix:].transpose(1, 2).reshape(f.shape[0], -1, side, side)  # (B, D, h, w)
+        grid.append(F.adaptive_avg_pool2d(tokens, 4).flatten(1))
+    return {"cls": torch.cat(cls), "patch_grid": torch.cat(grid)}
 
 
 @torch.no_grad()

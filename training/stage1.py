@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         (Path(a.out) / "stage1_result.json").write_text(json.dumps(result, indent=2))
         log.info("stage1 done: %s", result)
         if a.export:
-            export_autoencoder(ae, a.export)
+            export_autoencoder(ae, a.export, {"preset": a.preset, "train_steps": str(a.steps)})
     cleanup_distributed()
 
 

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         batches = on_the_fly()
     ema = train_stage2(trainer, batches, out)
     if d.main:
-        export_sit(ema, model_dir, {"train_steps": str(trainer.step_count)})
+        export_sit(ema, model_dir, {"preset": a.preset, "train_steps": str(trainer.step_count)})
         result = {"steps": trainer.step_count, "wall_s": round(time.perf_counter() - t0, 1),
                   "skipped_steps": trainer.skipped}
         (out / "stage2_result.json").write_text(json.dumps(result, indent=2))
