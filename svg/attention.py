@@ -4,7 +4,10 @@ Backends:
     ``sdpa``     torch ``F.scaled_dot_product_attention`` (the reference's call; default scale head_dim**-0.5).
     ``triton``   ``kernels.flash_attention`` (fused QK-LayerNorm + attention), imported lazily.
     ``xformers`` ``xformers.ops.memory_efficient_attention``, imported lazily.
-    ``auto``     sdpa on CPU; on CUDA the Triton kernel when it imports, else sdpa.
+    ``auto``     sdpa on CPU. On CUDA: sdpa until :func:`validate_triton_attention` has checked the Triton kernel
+                 against sdpa on this device for the model's shapes (the server and ``SVGPipeline.to`` call it at
+                 load time); the Triton kernel only when that check passed. A kernel that gives wrong numbers on
+                 some GPU/head_dim is therefore never chosen silently (case B05); it is logged and sdpa is used.
 
 The default comes from the environment variable ``SVG_ATTENTION`` (read when first needed, not at import) and
 can be changed with :func:`set_attention_backend`.
@@ -17,11 +20,13 @@ import importlib
 import os
 from typing import Callable, Optional
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["AttentionBackend", "set_attention_backend", "get_attention_backend", "attention", "NormParams",
-           "resolve_backend"]
+           "resolve_backend", "validate_triton_attention"]
 
 # (weight (D,), bias (D,), eps) of a LayerNorm over head_dim, shared by all heads.
 NormParams = tuple[torch.Tensor, torch.Tensor, float]
@@ -37,6 +42,7 @@ class AttentionBackend(str, enum.Enum):
 
 
 _backend: Optional[AttentionBackend] = None
+_log = logging.getLogger(__name__)
 
 
 def _parse(name: str | AttentionBackend) -> AttentionBackend:
@@ -107,13 +113,55 @@ def _resolve(q: torch.Tensor) -> AttentionBackend:
         return backend
     if q.device.type != "cuda":
         return AttentionBackend.SDPA
-    if _auto_cuda is None:  # decided once, so later (compiled) calls only read a global
+    # Decided once by validate_triton_attention at load time, so (compiled) calls only read a global.
+    return _auto_cuda if _auto_cuda is not None else AttentionBackend.SDPA
+
+
+def validate_triton_attention(device: torch.device | str, num_heads: int, head_dim: int, tokens: int,
+                              dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16),
+                              atol: float = 2e-2) -> bool:
+    """Check the Triton attention kernel against SDPA on ``device`` and let ``auto`` use it only if it agrees.
+
+    Runs q, k, v of shape (2, num_heads, tokens, head_dim) with per-head QK-LayerNorm in each dtype of ``dtypes``
+    and compares with LayerNorm + ``F.scaled_dot_product_attention`` (max abs error ≤ ``atol``, the B05 bound).
+    Does nothing on a non-CUDA device (``auto`` is sdpa there). Never raises for a failing kernel: it logs a
+    warning and keeps sdpa.
+
+    Returns:
+        True when ``auto`` will use the Triton kernel on CUDA from now on.
+    """
+    global _auto_cuda
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    try:
+        fn = _triton_fn()
+    except RuntimeError as exc:
+        _log.warning("Triton attention unavailable, auto uses sdpa: %s", exc)
+        _auto_cuda = AttentionBackend.SDPA
+        return False
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ok = True
+    for dtype in dtypes:
+        q, k, v = (torch.randn(2, num_heads, tokens, head_dim, generator=gen).to(device, dtype) for _ in range(3))
+        w = (1 + 0.1 * torch.randn(head_dim, generator=gen)).to(device, dtype)
+        b = (0.1 * torch.randn(head_dim, generator=gen)).to(device, dtype)
+        norm = (w, b, 1e-5)
         try:
-            _triton_fn()
-            _auto_cuda = AttentionBackend.TRITON
-        except RuntimeError:
-            _auto_cuda = AttentionBackend.SDPA
-    return _auto_cuda
+            got = fn(q, k, v, q_norm=norm, k_norm=norm).float()
+        except Exception as exc:  # any kernel failure (compile error, unsupported shape) means: do not use it
+            _log.warning("Triton attention failed its self-check (%s, D=%d): %s; auto uses sdpa", dtype, head_dim, exc)
+            ok = False
+            break
+        ref = F.scaled_dot_product_attention(_layer_norm(q, norm), _layer_norm(k, norm), v).float()
+        err = (got - ref).abs().max().item()
+        if not err <= atol:
+            _log.warning("Triton attention disagrees with sdpa by %.3g (> %.3g) for %s, D=%d; auto uses sdpa",
+                         err, atol, dtype, head_dim)
+            ok = False
+            break
+    _auto_cuda = AttentionBackend.TRITON if ok else AttentionBackend.SDPA
+    return ok
 
 
 def resolve_backend(x: torch.Tensor) -> AttentionBackend:

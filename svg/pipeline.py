@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from svg.attention import validate_triton_attention
+
 from svg.autoencoder import SVGAutoencoder
 from svg.checkpoint import (
     load_autoencoder,
@@ -78,6 +80,10 @@ class SVGPipeline:
         self.sit.to(device=device, dtype=dtype)
         self.autoencoder.to(device=device, dtype=dtype)
         self.latent_norm.to(device=device)
+        if device is not None and torch.device(device).type == "cuda":
+            # Let attention "auto" pick the Triton kernel only after it agrees with SDPA on this GPU (case B05).
+            c = self.sit.config
+            validate_triton_attention(device, c.num_heads, c.hidden_size // c.num_heads, c.input_size ** 2)
         return self
 
     def encode_tokens(self, images: torch.Tensor, align: str | AlignMode = AlignMode.PER_IMAGE) -> torch.Tensor:
