@@ -196,7 +196,14 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     """
     from server import routes
 
-    metrics = metrics or ServerMetrics(peak_flops=cfg.peak_flops)
+    if metrics is None:
+        device = cfg.resolved_device()
+        gpu_index = None
+        if device.startswith("cuda"):
+            import torch
+
+            gpu_index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        metrics = ServerMetrics(peak_flops=cfg.peak_flops, gpu_device_index=gpu_index)
     worker = worker or Worker(cfg, metrics)
 
     @asynccontextmanager

@@ -46,3 +46,19 @@ def test_nonfinite_output_fails_the_request_and_is_counted(model_dir):
         assert worker.scheduler.inflight() == 0
     finally:
         worker.stop()
+
+
+def test_gpu_gauges_are_absent_without_a_gpu_and_never_break_a_scrape():
+    text = ServerMetrics(gpu_device_index=0).render().decode()
+    assert "svg_ready" in text
+    if not torch.cuda.is_available():
+        assert "svg_gpu_memory_bytes" not in text
+
+
+def test_mfu_ratio_uses_rows_per_window():
+    m = ServerMetrics(flops_per_row=1e9, peak_flops=1e12, mfu_window_s=10.0)
+    m.observe_step(100, 0.5, now=0.0)
+    m.observe_step(100, 0.5, now=1.0)
+    assert abs(m.mfu_ratio._value.get() - 200 * 1e9 / 10.0 / 1e12) < 1e-12
+    m.observe_step(1, 0.5, now=20.0)  # the old rows left the window
+    assert abs(m.mfu_ratio._value.get() - 1e9 / 10.0 / 1e12) < 1e-12
