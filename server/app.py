@@ -38,7 +38,7 @@ from server.images import ImageTooLarge, InvalidImage
 from server.metrics import ServerMetrics, endpoint_label
 from server.scheduler import QueueFull
 from server.schemas import LimitError, validation_detail
-from server.worker import RequestFailed, Worker
+from server.worker import NotReady, RequestFailed, Worker
 
 log = logging.getLogger("svg.server")
 
@@ -175,7 +175,7 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(RequestFailed)
     async def on_failed(request: Request, exc: RequestFailed):
         headers = {"Retry-After": "5"} if exc.status == 503 else None
-        if exc.status == 503:
+        if isinstance(exc, NotReady):
             metrics.rejections_total.labels(reason="not_ready").inc()
         return JSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
                             headers=headers)

@@ -48,6 +48,8 @@ class ServerConfig:
     preset: str | None = _help("SiT preset name for released checkpoints (e.g. SVG-XL)", default=None)
     device: str = _help("torch device: cpu, cuda, cuda:N or auto (cuda when available)", default="auto")
     dtype: str = _help("compute dtype: float32, bfloat16 or float16", default="float32")
+    engine: str | None = _help("shorthand: sets both sit_engine and decoder_engine (eager, compile or tensorrt)",
+                               default=None)
     sit_engine: str = _help("SiT engine: eager, compile or tensorrt", default="eager")
     decoder_engine: str = _help("decoder engine: eager, compile or tensorrt", default="eager")
     max_rows: int = _help("model rows per DiT step (guided images count twice), 2..4096", default=32)
@@ -79,6 +81,10 @@ class ServerConfig:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is out of range: allowed {allowed}")
 
+        need("engine", self.engine is None or self.engine in ENGINES, " | ".join(ENGINES))
+        if self.engine is not None:  # --engine passes through to both engines
+            object.__setattr__(self, "sit_engine", self.engine)
+            object.__setattr__(self, "decoder_engine", self.engine)
         need("dtype", self.dtype in DTYPES, " | ".join(DTYPES))
         need("sit_engine", self.sit_engine in ENGINES, " | ".join(ENGINES))
         need("decoder_engine", self.decoder_engine in ENGINES, " | ".join(ENGINES))

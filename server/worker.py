@@ -84,6 +84,12 @@ class NotReady(RequestFailed):
     status, error = 503, "not_ready"
 
 
+class OutOfMemory(RequestFailed):
+    """The device ran out of memory during a step: the running requests fail fast (no hang), memory is released."""
+
+    status, error = 503, "out_of_memory"
+
+
 @dataclass
 class RowSpec:
     """How to start one image's trajectory.
@@ -235,6 +241,10 @@ class Worker:
                     break
             try:
                 self._iteration()
+            except torch.cuda.OutOfMemoryError:  # case B26: fail the running requests fast, free the cache
+                log.exception("device out of memory")
+                self._fail_running(OutOfMemory("device out of memory; retry with fewer images or steps"))
+                torch.cuda.empty_cache()
             except Exception:  # a bug in one step must not kill the device thread: fail its requests, go on
                 log.exception("worker step failed")
                 self._fail_running(RequestFailed("internal error in the device worker"))

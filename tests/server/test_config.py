@@ -32,3 +32,10 @@ def test_every_field_has_a_flag_and_help():
     for name in ServerConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text
         assert "SVG_" + name.upper() in text
+
+
+def test_engine_shorthand_sets_both_engines():
+    cfg = ServerConfig.from_sources(["--engine", "compile"], env={})
+    assert cfg.sit_engine == "compile" and cfg.decoder_engine == "compile"
+    with pytest.raises(ConfigError, match="engine='onnx'"):
+        ServerConfig.from_sources([], env={"SVG_ENGINE": "onnx"})
