@@ -50,6 +50,7 @@ def _add_options(parser) -> None:
     parser.add_argument("--image-size", type=int, default=256, help="side in pixels of uploaded test images")
     parser.add_argument("--slo-max-fail-ratio", type=float, default=0.01, help="allowed failure ratio, 0..1")
     parser.add_argument("--slo-max-p99-ms", type=float, default=30_000.0, help="allowed p99 latency, ms")
+    parser.add_argument("--slo-max-p95-ms", type=float, default=None, help="allowed p95 latency, ms (optional)")
 
 
 def _png(size: int, seed: int, mask: bool = False) -> bytes:
@@ -175,7 +176,11 @@ def _slo_exit_code(environment, **_kwargs) -> None:
         p95_ms=total.get_response_time_percentile(0.95) or 0.0,
         p99_ms=total.get_response_time_percentile(0.99) or 0.0,
     )
-    thresholds = Thresholds(max_fail_ratio=options.slo_max_fail_ratio, max_p99_ms=options.slo_max_p99_ms)
+    thresholds = Thresholds(max_fail_ratio=options.slo_max_fail_ratio, max_p99_ms=options.slo_max_p99_ms,
+                            max_p95_ms=options.slo_max_p95_ms)
     found = breaches(stats, thresholds)
     environment.process_exit_code = EXIT_SLO_BREACHED if found else EXIT_PASS
-    logger.info("SLO %s", "breached: " + "; ".join(found) if found else "met")
+    if found:
+        logger.warning("SLO breached: %s", "; ".join(found))
+    else:
+        logger.info("SLO met")

@@ -87,6 +87,7 @@ def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
         "--shape-name", args.shape, "--shape-users", str(args.users), "--shape-duration", args.duration,
         "--max-steps", str(args.max_steps), "--image-size", str(args.image_size),
         "--slo-max-fail-ratio", str(args.max_fail_ratio), "--slo-max-p99-ms", str(args.max_p99_ms),
+        *(["--slo-max-p95-ms", str(args.max_p95_ms)] if args.max_p95_ms is not None else []),
         "--csv", str(out / CSV_PREFIX), "--csv-full-history", "--html", str(out / "report.html"),
         "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "30",
     ]

@@ -69,7 +69,7 @@ def test_missing_or_empty_csv_is_a_run_error(tmp_path):
 
 def _run(url: str, out: Path, max_fail_ratio: float) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "loadtest.run", "--url", url, "--ready-path", "/health", "--duration", "6s",
+        sys.executable, "-m", "loadtest.run", "--url", url, "--ready-path", "/health", "--duration", "8s",
         "--users", "4", "--shape", "steady", "--max-steps", "2", "--image-size", "32",
         "--max-fail-ratio", str(max_fail_ratio), "--out", str(out),
     ]
@@ -85,6 +85,9 @@ def test_exit_code_follows_the_fail_ratio_threshold_and_csv_is_written(tmp_path)
     assert "FAIL (failure ratio" in strict.stdout
     assert lenient.returncode == 0, lenient.stdout + lenient.stderr
     assert "-> PASS" in lenient.stdout
+    # The locustfile's own quitting hook reached the same verdict (a plain `locust` run exits by the SLO too).
+    assert "SLO breached: failure ratio" in (tmp_path / "strict" / "locust.log").read_text()
+    assert "SLO breached" not in (tmp_path / "lenient" / "locust.log").read_text()
     for out in (tmp_path / "strict", tmp_path / "lenient"):
         check_csv_files(out)  # stats, failures, stats_history: header + data rows (T26)
         stats = read_stats(out / "locust_stats.csv")
@@ -157,3 +160,21 @@ def test_smoke_load_test_against_the_tiny_model_meets_its_slo(tiny_model_dir, tm
     assert stats.requests >= 10 and stats.failures == 0
     assert {"POST /generate", "POST /encode", "POST /edit", "POST /interpolate"} <= set(stats.per_endpoint)
     assert (out / "server.log").stat().st_size > 0  # the runner kept the server log
+
+
+def test_plain_locust_with_our_shape_writes_csv_and_exits_by_the_slo(tmp_path):
+    """T26 literally: `locust --headless --csv` with our shape class writes all three CSV files; and T25: with 20 %
+    of /generate failing (~10 % of all requests) under a 50 % threshold the exit code is 0, where Locust alone would
+    exit 1 on the first failure. (Loose numbers, so that a short, slow run cannot cross them by chance.)"""
+    with StubServer(fail_every=5) as url:
+        command = [
+            sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+            "--host", url, "--shape-name", "steady", "--shape-users", "4", "--shape-duration", "8s",
+            "--max-steps", "2", "--image-size", "32", "--slo-max-fail-ratio", "0.5",
+            "--csv", str(tmp_path / "out"), "--csv-full-history", "--only-summary",
+        ]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_csv_files(tmp_path, prefix="out")
+    stats = read_stats(tmp_path / "out_stats.csv")
+    assert stats.failures >= 1 and stats.fail_ratio < 0.5
