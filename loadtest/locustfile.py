@@ -48,6 +48,8 @@ def _add_options(parser) -> None:
     parser.add_argument("--shape-duration", default="20s", help="run length, e.g. 20s, 5m")
     parser.add_argument("--max-steps", type=int, default=25, help="largest sampling step count a request asks for")
     parser.add_argument("--image-size", type=int, default=256, help="side in pixels of uploaded test images")
+    parser.add_argument("--api-key", default=None, env_var="SVG_LOADTEST_API_KEY",
+                        help="bearer token for a server started with --api-key (env SVG_LOADTEST_API_KEY)")
     parser.add_argument("--slo-max-fail-ratio", type=float, default=0.01, help="allowed failure ratio, 0..1")
     parser.add_argument("--slo-max-p99-ms", type=float, default=30_000.0, help="allowed p99 latency, ms")
     parser.add_argument("--slo-max-p95-ms", type=float, default=None, help="allowed p95 latency, ms (optional)")
@@ -84,6 +86,8 @@ class SVGUser(HttpUser):
         size = options.image_size if options else 256
         self.images = [_png(size, seed) for seed in range(4)]
         self.masks = [_png(size, seed, mask=True) for seed in range(4)]
+        if options is not None and options.api_key:
+            self.client.headers["Authorization"] = f"Bearer {options.api_key}"
 
     def _steps(self) -> int:
         return max(1, round(self.max_steps * random.choice(STEP_FRACTIONS)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -30,20 +30,23 @@ from .plot import plot_history
 from .shape_spec import load_shape, parse_duration
 from .slo import EXIT_RUN_ERROR, SUMMARY_FIELDS, Thresholds, breaches, read_stats, summary_line, summary_row
 
+# The bearer token travels in the environment (never on the command line, where `ps` would show it); the
+# locustfile reads the same variable.
+API_KEY_VARIABLE = "SVG_LOADTEST_API_KEY"
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 CSV_PREFIX = "locust"
 # The files a headless run must leave behind, each with a header and at least one data row (T26).
 REQUIRED_CSV = ("stats", "failures", "stats_history")
-
-logger = logging.getLogger("svg.loadtest")
 
 
 class RunError(RuntimeError):
     """The load test could not run (not an SLO breach)."""
 
 
-def wait_ready(url: str, path: str, timeout_s: float, server: subprocess.Popen | None = None) -> float:
-    """Poll ``url + path`` until it answers 200; returns the seconds waited.
+def wait_ready(url: str, path: str, timeout_s: float, server: subprocess.Popen | None = None,
+               api_key: str | None = None) -> float:
+    """Poll ``url + path`` until it answers 200 (with ``Authorization: Bearer api_key`` when given); returns the
+    seconds waited.
 
     Raises:
         RunError: the timeout passed, or the server process exited first.
@@ -53,7 +56,9 @@ def wait_ready(url: str, path: str, timeout_s: float, server: subprocess.Popen |
         if server is not None and server.poll() is not None:
             raise RunError(f"the server exited with code {server.returncode} before {path} answered 200")
         try:
-            with urllib.request.urlopen(url.rstrip("/") + path, timeout=2.0) as response:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            request = urllib.request.Request(url.rstrip("/") + path, headers=headers)
+            with urllib.request.urlopen(request, timeout=2.0) as response:
                 if response.status == 200:
                     return time.monotonic() - start
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -94,6 +99,7 @@ def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the runner's flags; exits with a message naming the bad flag and value."""
     parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     parser.add_argument("--start-server", default=None, metavar="CMD",
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if args.start_server:
             server_log = open(out / "server.log", "wb")
             server = subprocess.Popen(shlex.split(args.start_server), stdout=server_log, stderr=subprocess.STDOUT)
-        wait_ready(args.url, args.ready_path, args.ready_timeout, server)
+        wait_ready(args.url, args.ready_path, args.ready_timeout, server, api_key=os.environ.get(API_KEY_VARIABLE))
         with open(out / "locust.log", "wb") as log:
             # Generous margin over the run for Locust start-up and the stop timeout.
             code = subprocess.run(locust_command(args, out), stdout=log, stderr=subprocess.STDOUT,
@@ -162,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m loadtest.run``; returns the exit code."""
     return run(parse_args(argv))
 
 

@@ -1,7 +1,8 @@
 """A stand-in HTTP server for load-test plumbing tests (cases T25, T26): answers every SVG endpoint at once.
 
 It is not the SVG server: it checks nothing and computes nothing. ``/generate`` fails with 500 on every
-``fail_every``-th request (so 20 gives exactly 5 % failures), which is what the SLO exit-code test needs.
+``fail_every``-th request (so 20 gives exactly 5 % failures), which is what the SLO exit-code test needs. With
+``api_key`` every path but ``/health`` wants ``Authorization: Bearer <api_key>`` (401 otherwise), as the server does.
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _authorised(self) -> bool:
+        key = self.server.api_key
+        if key is None or self.path == "/health" or self.headers.get("Authorization") == f"Bearer {key}":
+            return True
+        self._answer(401, {"detail": "missing or wrong bearer token"})
+        return False
+
     def do_GET(self) -> None:
-        self._answer(200, {"status": "ok", "path": self.path})
+        if self._authorised():
+            self._answer(200, {"status": "ok", "path": self.path})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         self.rfile.read(length)
+        if not self._authorised():
+            return
         if self.path == "/generate" and self.server.fail_every and next(self.server.counter) % self.server.fail_every == 0:
             self._answer(500, {"detail": "stub failure"})
             return
@@ -39,11 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
 class StubServer:
     """Context manager: ``with StubServer(fail_every=20) as url: ...`` serves on 127.0.0.1 at a free port."""
 
-    def __init__(self, fail_every: int = 0) -> None:
+    def __init__(self, fail_every: int = 0, api_key: str | None = None) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.fail_every = fail_every
         self.httpd.counter = itertools.count(1)
+        self.httpd.api_key = api_key
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> str:

@@ -18,6 +18,7 @@ from loadtest.slo import RunStats, Thresholds, breaches, read_stats
 from .stub_server import StubServer
 
 REPO = Path(__file__).resolve().parents[2]
+STUB_KEY = "stub-key-0123456789"
 
 
 def test_builtin_shapes_scale_to_duration_and_peak():
@@ -68,17 +69,19 @@ def test_missing_or_empty_csv_is_a_run_error(tmp_path):
 
 
 def _run(url: str, out: Path, max_fail_ratio: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SVG_LOADTEST_API_KEY": STUB_KEY}
     command = [
-        sys.executable, "-m", "loadtest.run", "--url", url, "--ready-path", "/health", "--duration", "8s",
+        sys.executable, "-m", "loadtest.run", "--url", url, "--ready-path", "/models", "--duration", "8s",
         "--users", "4", "--shape", "steady", "--max-steps", "2", "--image-size", "32",
         "--max-fail-ratio", str(max_fail_ratio), "--out", str(out),
     ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_exit_code_follows_the_fail_ratio_threshold_and_csv_is_written(tmp_path):
-    """T25 + T26: 5 % of /generate fail; threshold 1 % -> exit 1, threshold 10 % -> exit 0; CSVs non-empty."""
-    with StubServer(fail_every=20) as url:
+    """T25 + T26: 5 % of /generate fail; threshold 1 % -> exit 1, threshold 10 % -> exit 0; CSVs non-empty. The
+    stub wants a bearer token, which the runner and the locustfile take from SVG_LOADTEST_API_KEY."""
+    with StubServer(fail_every=20, api_key=STUB_KEY) as url:
         strict = _run(url, tmp_path / "strict", 0.01)
         lenient = _run(url, tmp_path / "lenient", 0.10)
     assert strict.returncode == 1, strict.stdout + strict.stderr
@@ -92,6 +95,7 @@ def test_exit_code_follows_the_fail_ratio_threshold_and_csv_is_written(tmp_path)
         check_csv_files(out)  # stats, failures, stats_history: header + data rows (T26)
         stats = read_stats(out / "locust_stats.csv")
         assert stats.per_endpoint["POST /generate"]["failures"] >= 1
+        assert stats.failures == stats.per_endpoint["POST /generate"]["failures"]  # no 401 anywhere
         assert {"POST /encode", "POST /edit", "POST /interpolate"} <= set(stats.per_endpoint)
         assert (out / "report.html").stat().st_size > 1000
         assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
