@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,13 @@ import yaml
 from server.config import ENV_PREFIX, ServerConfig
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def console_scripts() -> set[str]:
+    """Names under [project.scripts] in pyproject.toml (a regex, not tomllib, so Python 3.10 runs it too)."""
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return set(re.findall(r"^([A-Za-z0-9_.-]+)\s*=", section, flags=re.M))
 # Variables read outside ServerConfig: the attention backend switch (svg/attention.py).
 OTHER_SVG_VARIABLES = {"SVG_ATTENTION"}
 
@@ -100,7 +106,7 @@ def test_runtime_runs_as_non_root_with_health_check_volumes_and_entrypoint(stage
     assert env["TORCHINDUCTOR_CACHE_DIR"].startswith("/cache/engines/")
     assert env["SVG_MODEL_DIR"] == "/app/models/demo"
     entrypoint = json.loads(_one(runtime, "ENTRYPOINT"))
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = console_scripts()
     assert entrypoint == ["svg-serve"] and "svg-serve" in scripts
 
 

@@ -7,7 +7,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ import yaml
 from loadtest.run import parse_args as parse_loadtest_args
 from ops.ray_serve import parse_args as parse_ray_args
 from server.config import ServerConfig
+
+from .test_docker import console_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "operations.md"
@@ -34,7 +35,7 @@ def _strip_env(words: list[str]) -> list[str]:
 
 
 def test_every_documented_command_is_known_and_valid():
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = console_scripts()
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     checked = set()
     for line in documented_commands():
