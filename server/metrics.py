@@ -129,7 +129,7 @@ class ServerMetrics:
             "svg_queue_wait_seconds", "Time from admission to a request's first DiT step, seconds",
             buckets=LATENCY_BUCKETS_S, registry=r)
         self.inflight_requests = Gauge(
-            "svg_inflight_requests", "Requests being served (queued or running)", registry=r)
+            "svg_inflight_requests", "Sampling requests (generate, edit, interpolate) queued or running", registry=r)
         self.step_rows = Histogram(
             "svg_step_rows", "Model rows per DiT step (guided rows count twice)", buckets=ROW_BUCKETS, registry=r)
         self.step_latency_seconds = Histogram(
