@@ -175,7 +175,8 @@ def _form_value(model_cls: type[BaseModel], key: str, value: str):
 
 async def _read_upload(request: Request, json_cls: type[BaseModel], form_cls: type[BaseModel]
                        ) -> tuple[BaseModel, dict[str, bytes]]:
-    """Parse a JSON (base64 images, ``json_cls``) or multipart (files + text fields, ``form_cls``) body."""
+    """Parse a JSON (base64 images, ``json_cls``), multipart (files + text fields, ``form_cls``) or raw image body
+    (``Content-Type: image/*``, fields as query parameters, ``form_cls``)."""
     ctype = request.headers.get("content-type", "")
     files: dict[str, bytes] = {}
     if ctype.startswith("multipart/form-data"):
@@ -196,6 +197,13 @@ async def _read_upload(request: Request, json_cls: type[BaseModel], form_cls: ty
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("form", *e["loc"])} for e in exc.errors()]) from None
         return params, files
+    if ctype.startswith(("image/", "application/octet-stream")):  # raw image body, parameters in the query
+        files["image"] = await request.body()
+        payload = {k: _form_value(form_cls, k, v) for k, v in request.query_params.items()}
+        try:
+            return form_cls.model_validate(payload), files
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
     params = _parse_json(json_cls, await request.body())
     files["image"] = _b64(params.image, "image")
     if getattr(params, "mask", None):

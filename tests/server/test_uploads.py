@@ -187,3 +187,11 @@ def test_limits_raise_the_right_errors():
         decode_image(png_bytes("RGB", (100, 100)), max_pixels=9999)
     with pytest.raises(InvalidImage):
         decode_image(b"\x89PNG\r\n\x1a\nbroken", max_pixels=100)
+
+
+def test_raw_image_body_with_query_parameters(client):
+    r = client.post("/encode?format=json", content=png_bytes("RGB", (40, 30), (5, 6, 7)),
+                    headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["shape"] == list(FEATURES)
+    bad = client.post("/encode?format=zip", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "format"
