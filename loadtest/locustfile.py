@@ -37,7 +37,7 @@ GUIDANCE_SCALES = (1.0, 1.0, 4.0)  # 1.0 = no guidance (no unconditional twin ro
 GUIDANCE_MODES = ("constant", "cfg_star")
 SAMPLERS = ("euler", "euler", "heun")
 TIMESTEP_SHIFTS = (0.15, 0.15, 0.3)  # 0.15 is the paper's sampling default
-NUM_CLASSES = 1000
+NUM_CLASSES = 1000  # ImageNet; replaced per user by GET /models' num_classes when the server reports it
 
 
 @events.init_command_line_parser.add_listener
@@ -88,6 +88,11 @@ class SVGUser(HttpUser):
         self.masks = [_png(size, seed, mask=True) for seed in range(4)]
         if options is not None and options.api_key:
             self.client.headers["Authorization"] = f"Bearer {options.api_key}"
+        self.num_classes = NUM_CLASSES
+        with self.client.get("/models", name="/models (start)", catch_response=True) as response:
+            if response.status_code == 200:
+                self.num_classes = int(response.json().get("num_classes", NUM_CLASSES))
+                response.success()
 
     def _steps(self) -> int:
         return max(1, round(self.max_steps * random.choice(STEP_FRACTIONS)))
@@ -95,7 +100,7 @@ class SVGUser(HttpUser):
     @task(6)
     def generate(self) -> None:
         body = {
-            "class_id": random.randrange(NUM_CLASSES),
+            "class_id": random.randrange(self.num_classes),
             "num_images": random.choice(IMAGE_COUNTS),
             "steps": self._steps(),
             "cfg": random.choice(GUIDANCE_SCALES),
@@ -118,7 +123,7 @@ class SVGUser(HttpUser):
             "mask": ("mask.png", random.choice(self.masks), "image/png"),
         }
         data = {
-            "class_id": str(random.randrange(NUM_CLASSES)),
+            "class_id": str(random.randrange(self.num_classes)),
             "strength": str(random.choice((0.3, 0.6, 0.9))),
             "steps": str(self._steps()),
             "cfg": str(random.choice(GUIDANCE_SCALES)),
@@ -130,7 +135,7 @@ class SVGUser(HttpUser):
     @task(1)
     def interpolate(self) -> None:
         body = {
-            "class_id": random.randrange(NUM_CLASSES),
+            "class_id": random.randrange(self.num_classes),
             "seed_a": random.randrange(2**31),
             "seed_b": random.randrange(2**31),
             "steps": self._steps(),

@@ -255,7 +255,8 @@ async def models(request: Request):
         preset=m.preset, model_dir=None if cfg.sit_checkpoint else str(cfg.model_dir), checkpoints=m.checkpoints,
         dtype=cfg.dtype, sit_engine=getattr(m.sit_engine, "name", cfg.sit_engine),
         decoder_engine=getattr(m.decoder_engine, "name", cfg.decoder_engine), device=str(m.device),
-        latent_shape=[m.channels, m.grid, m.grid], image_size=m.image_size, random_weights=m.random_weights)
+        latent_shape=[m.channels, m.grid, m.grid], image_size=m.image_size, num_classes=m.num_classes,
+        random_weights=m.random_weights)
 
 
 @router.post("/generate", response_model=ImagesResponse, summary="Class-conditional images",

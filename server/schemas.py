@@ -253,6 +253,7 @@ class ModelsResponse(BaseModel):
     device: str
     latent_shape: list[int] = Field(description="(C, h, w) of one latent")
     image_size: int
+    num_classes: int = Field(description="class labels this model accepts: 0..num_classes-1")
     random_weights: bool = Field(description="true for the tiny random test checkpoint (not a trained model)")
 
 

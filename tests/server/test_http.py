@@ -36,6 +36,17 @@ def test_health_ready_models(client, model_dir):
     want = hashlib.sha256((model_dir / "sit.safetensors").read_bytes()).hexdigest()
     assert m["checkpoints"]["sit.safetensors"] == want
     assert m["latent_shape"] == [36, 8, 8]
+    assert m["num_classes"] == pipeline_num_classes(model_dir)
+
+
+def pipeline_num_classes(model_dir) -> int:
+    """The class count written in the checkpoint's own config, read independently of the server."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "sit.safetensors"), "pt") as f:
+        return int(json.loads(f.metadata()["config"])["num_classes"])
 
 
 def test_openapi_lists_every_endpoint_with_examples(client):
