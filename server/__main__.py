@@ -20,6 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # fail fast, before importing torch
         sys.stderr.write(f"svg-serve: invalid configuration: {exc}\n")
         return 2
+    problem = preflight(cfg)
+    if problem:
+        sys.stderr.write(f"svg-serve: cannot start: {problem}\n")
+        return 2
     import uvicorn
 
     from server.app import create_app
@@ -29,6 +33,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, workers=1, log_level=cfg.log_level,
                 timeout_graceful_shutdown=5)
     return 0
+
+
+def preflight(cfg) -> str | None:
+    """Problems that make the configuration unservable on this machine, found before the model loads.
+
+    A GPU device without CUDA, or the TensorRT engine without the ``tensorrt`` package, stops the process at start-up
+    with a message that says so (training_engines_ops.md T30; issue 6), instead of a server that never gets ready.
+
+    Returns:
+        A message, or None when the configuration can start here.
+    """
+    import importlib.util
+
+    import torch
+
+    device = cfg.resolved_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"device={cfg.device!r} but CUDA is not available on this machine (torch {torch.__version__}); " \
+               "use --device cpu or auto"
+    engines = {cfg.sit_engine, cfg.decoder_engine}
+    if "tensorrt" in engines and importlib.util.find_spec("tensorrt") is None:
+        return "engine 'tensorrt' was selected but the TensorRT Python package is not installed; " \
+               "install tensorrt, or use --sit-engine/--decoder-engine compile or eager"
+    if "tensorrt" in engines and not device.startswith("cuda"):
+        return f"engine 'tensorrt' needs a CUDA device; got device={device!r}"
+    return None
 
 
 if __name__ == "__main__":
