@@ -213,8 +213,12 @@ def _tokens_to_latent(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def run_ladder(preset: str, batches: list[int], steps: int, scale: float, shift: float, repeats: int,
-               device: torch.device, rungs: list[str], decode: bool, seed: int = 0) -> list[Row]:
-    """Run every rung at every batch size; returns the CSV rows (skipped rungs carry their reason)."""
+               device: torch.device, rungs: list[str], decode: bool, seed: int = 0, sink=None) -> list[Row]:
+    """Run every rung at every batch size; returns the CSV rows (skipped rungs carry their reason).
+
+    ``sink(rows)``, when given, receives each rung's rows as soon as they exist, so a run cut short by a time
+    limit (the GPU check script) still leaves its finished rungs on disk.
+    """
     from svg.sampling import Guidance, sample, time_grid
 
     sit = build_sit(preset, seed, device)
@@ -242,6 +246,8 @@ def run_ladder(preset: str, batches: list[int], steps: int, scale: float, shift:
             out += [Row(**base, dtype="", batch=b, images_per_s="", latency_p50_ms="", latency_p99_ms="",
                         peak_mem_mib="", compile_s="", latent_max_abs_diff="", velocity_max_abs_diff="",
                         tflop_per_image=f"{flop / 1e12:.4g}", mfu="", note=f"skipped: {exc}") for b in batches]
+            if sink is not None:
+                sink(out[-len(batches):])
             continue
         with _attention_backend(backend):
             if hasattr(sit_engine, "buckets"):  # compile every bucket now: compile time is reported apart
@@ -292,6 +298,8 @@ def run_ladder(preset: str, batches: list[int], steps: int, scale: float, shift:
                 ))
                 log.info("%s", out[-1])
         sit_engine.close()
+        if sink is not None:
+            sink(out[-len(batches):])
     return out
 
 
@@ -339,9 +347,14 @@ def main(argv: list[str] | None = None) -> None:
         rungs.insert(0, "eager-fp32")
     repeats = args.repeats or (10 if args.gpu else 5)
     out = Path(args.out or f"benchmarks/engines_{'gpu' if args.gpu else 'cpu'}.csv")
+    append = [args.append or args.gpu]
+
+    def sink(rung_rows: list[Row]) -> None:
+        write_csv(rung_rows, out, append=append[0])
+        append[0] = True  # later rungs always append to what this run wrote
+
     rows = run_ladder(preset, batches, args.steps, args.guidance_scale, args.shift, repeats, device, rungs,
-                      args.decode)
-    write_csv(rows, out, append=args.append or args.gpu)
+                      args.decode, sink=sink)
     log.info("wrote %d rows to %s", len(rows), out)
 
 
