@@ -34,7 +34,7 @@ log = logging.getLogger("training.demo")
 DEMO = {
     "ssl": {"steps": 600, "batch_size": 32, "lr": 5e-4},
     "stage1": {"steps": 1200, "batch_size": 32, "lr": 4e-4, "disc_start": -1},
-    "stage2": {"steps": 6000, "batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999},
+    "stage2": {"steps": 8000, "batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999, "clip_grad": 1.0},
     "eval": {"guidance_scale": 3.0, "shift": 0.4, "per_class": 100, "steps": [25, 10, 5]},
 }
 AE_PRESET, SIT_PRESET = "demo", "demo"
@@ -131,7 +131,8 @@ def run_stage2(data: str, runs: Path, model_dir: Path) -> dict:
     stage2.main(["--data", data, "--model-dir", str(model_dir), "--preset", SIT_PRESET, "--out", str(out),
                  "--latents", str(runs / "latents.pt"), "--steps", str(cfg["steps"]), "--batch-size",
                  str(cfg["batch_size"]), "--lr", str(cfg["lr"]), "--warmup", str(cfg["warmup"]),
-                 "--ema-decay", str(cfg["ema_decay"]), "--log-every", "100", "--ckpt-every", "250"])
+                 "--ema-decay", str(cfg["ema_decay"]), "--clip-grad", str(cfg["clip_grad"]), "--log-every", "100",
+                 "--ckpt-every", "250"])
     return _read(out / "stage2_result.json")
 
 

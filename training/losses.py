@@ -101,8 +101,7 @@ class EncoderFeatureLoss(FrozenLoss):
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = ((x.float() + 1) / 2 - self.mean) / self.std
-        return self.encoder.forward_intermediates(x, intermediates_only=True, output_fmt="NLC"
-                                                  if False else "NCHW")
+        return self.encoder.forward_intermediates(x, intermediates_only=True)  # [(B, D, h, w)] per block
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         total = 0.0
@@ -146,7 +145,7 @@ def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
                     disc_weight: float = 0.5, eps: float = 1e-4, max_weight: float = 1e4) -> torch.Tensor:
-    """GAN weight ``clamp(‖∇_L nll‖ / (‖∇_L g‖ + eps), 0, max) · disc_weight`` with L the decoder's last layer
+    """GAN weight ``clamp(‖∇_L nll‖ / (‖∇_L g‖ + eps), 0, max) · disc_weight``, L = the decoder's last layer
     (Esser et al. 2021 / reference §2.8). Norms are taken in fp32 so fp16 gradients cannot overflow them; a
     non-finite ratio (e.g. 0/0) becomes 0; the result is detached (cases T10).
 

@@ -10,7 +10,7 @@ timm Eva of the DINOv3 family) learns its own features on MNIST, is then frozen 
 Views are built in batch on the tensor with random affine warps (zoom/crop, rotation, shift), contrast jitter and
 noise: 2 global views at the full resolution and ``local_crops`` views at half resolution (multi-crop).
 
-Run: ``python -m training.ssl --data ../shared/data/mnist.npz --out runs/demo/ssl --steps 1500``.
+Run: ``python -m training.ssl --data ../shared/data/mnist.npz --out runs/demo/ssl --steps 600 --batch-size 32``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The perceptual loss ``P`` is LPIPS-VGG when ``--lpips-vgg``/``--lpips-lin`` weig
 :class:`training.losses.EncoderFeatureLoss` on the frozen encoder (no download needed).
 
 Run (demo): ``python -m training.stage1 --data ../shared/data/mnist.npz --preset demo --encoder
-runs/demo/ssl/encoder.pt --out runs/demo/stage1 --steps 3000 --batch-size 32 --lr 5e-4``.
+runs/demo/ssl/encoder.pt --out runs/demo/stage1 --steps 1200 --batch-size 32 --lr 4e-4 --disc-start -1``.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ and every RNG state (resumed == uninterrupted, bit for bit), keys without wrappe
 Latents come from the frozen autoencoder: encoded once into a cache (``--latents``, fast path for small data
 such as the demo) or on the fly per batch (ImageNet scale, as the reference does).
 
-Run (demo): ``python -m training.stage2 --data ../shared/data/mnist.npz --model-dir runs/demo/model --preset demo
---out runs/demo/stage2 --steps 8000 --batch-size 128 --lr 1e-3``; multi-GPU: ``torchrun --nproc_per_node 8 -m
-training.stage2 ...``.
+Run (demo): ``python -m training.stage2 --data ../shared/data/mnist.npz --model-dir models/demo --preset demo
+--out runs/demo/stage2 --latents runs/demo/latents.pt --steps 8000 --batch-size 64 --lr 1e-3``;
+multi-GPU: ``torchrun --nproc_per_node 8 -m training.stage2 ...`` (docs/training.md).
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def test_ema_shadow_is_fp32_and_moves_with_bf16_weights():
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     x = torch.randn(4, MICRO_SIT.num_tokens, MICRO_SIT.in_channels, dtype=torch.bfloat16)
     for _ in range(20):
-        model(x, torch.rand(4, dtype=torch.bfloat16), torch.randint(0, 10, (4,))).float().sub(1).square().mean().backward()
+        out = model(x, torch.rand(4, dtype=torch.bfloat16), torch.randint(0, 10, (4,)))
+        out.float().sub(1).square().mean().backward()  # target 1: the zero-initialised output gets a gradient
         opt.step()
         opt.zero_grad()
         ema.update(model)

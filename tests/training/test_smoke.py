@@ -67,6 +67,15 @@ def test_tiny_preset_end_to_end(tmp_path):
     loaded = load_model(ServerConfig(model_dir=model_dir, device="cpu"))
     assert loaded.num_classes == SIT_PRESETS["tiny"].num_classes and loaded.preset == "tiny"
 
+    from training.evaluate import MNISTClassifier, evaluate
+
+    torch.save({"model": MNISTClassifier().state_dict(), "test_accuracy": 0.1}, tmp_path / "clf.pt")
+    result = evaluate(model_dir, MNIST_PATH, steps=(2,), per_class=1, psnr_images=4,
+                      classifier_path=tmp_path / "clf.pt")
+    assert set(result["accuracy"]) == {"2"} and 0 <= result["accuracy"]["2"] <= 1
+    assert result["psnr_images"] == 4 and result["reconstruction_psnr_db"] > 0
+    json.dumps(result)  # the model card and eval.json need plain JSON
+
 
 def test_batches_resume_mid_epoch():
     data = torch.utils.data.TensorDataset(torch.arange(40).float().view(40, 1), torch.arange(40))
@@ -75,6 +84,19 @@ def test_batches_resume_mid_epoch():
     resumed = Batches(data, 4, seed=5).iterate(7)
     assert all(torch.equal(next(resumed)[1], b) for b in seq[7:])
     assert sorted(torch.cat(seq[:10]).tolist()) == list(range(40))  # one epoch = a permutation
+
+
+def test_knn_accuracy_separable_and_dino_loss_floor():
+    from training.ssl import dino_loss, knn_accuracy
+
+    centers = torch.eye(10, 16) * 5
+    train_y, test_y = torch.arange(10).repeat(20), torch.arange(10).repeat(5)
+    train_x = centers[train_y] + 0.1 * torch.randn(200, 16)
+    test_x = centers[test_y] + 0.1 * torch.randn(50, 16)
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=5) == 1.0
+    assert knn_accuracy(train_x, train_y, test_x, test_y.roll(1), k=5) == 0.0
+    flat = [torch.zeros(4, 32)] * 2
+    torch.testing.assert_close(dino_loss(flat, flat, torch.zeros(1, 32)), torch.tensor(32.0).log())
 
 
 def test_mnist_loader_shapes_and_range():
