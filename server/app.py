@@ -32,12 +32,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.config import ServerConfig
 from server.images import ImageTooLarge, InvalidImage
 from server.metrics import ServerMetrics, endpoint_label
 from server.scheduler import QueueFull
-from server.schemas import LimitError, validation_detail
+from server.schemas import LimitError, class_allowed, json_safe, validation_detail
 from server.worker import NotReady, RequestFailed, Worker
 
 log = logging.getLogger("svg.server")
@@ -50,7 +51,23 @@ class BodyTooLarge(Exception):
 
 
 def error_body(error: str, request_id: str, detail=None) -> dict:
-    return {"error": error, "request_id": request_id, "detail": detail}
+    """The JSON shape of every non-2xx answer; ``detail`` is made JSON-safe (NaN, bytes, ...) so it cannot fail."""
+    return {"error": error, "request_id": request_id, "detail": json_safe(detail)}
+
+
+def dump_error(body: dict) -> bytes:
+    """Serialise an error body; never raises (falls back to :func:`json_safe` of the whole body)."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        return json.dumps(json_safe(body), allow_nan=False).encode()
+
+
+class ErrorJSONResponse(JSONResponse):
+    """JSONResponse for error bodies whose rendering cannot raise on client-supplied values."""
+
+    def render(self, content) -> bytes:
+        return dump_error(content)
 
 
 class GuardMiddleware:
@@ -84,7 +101,7 @@ class GuardMiddleware:
             await send(message)
 
         async def reply(code: int, body: dict, headers: dict | None = None):
-            payload = json.dumps(body).encode()
+            payload = dump_error(body)
             hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
             hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
             await send_wrapped({"type": "http.response.start", "status": code, "headers": hdrs})
@@ -124,6 +141,11 @@ class GuardMiddleware:
                 await reply(413, error_body("payload_too_large", request_id,
                                             f"body exceeds max_upload_bytes={limit} (streamed)"),
                             {"connection": "close"})
+        except Exception:  # last resort: a bug must still answer 500 with the request id, never reset the connection
+            log.exception("unhandled error, request_id=%s", request_id)
+            if not status["started"]:
+                await reply(500, error_body("internal_error", request_id,
+                                            "internal server error; quote the request_id"))
         finally:
             self.metrics.requests_total.labels(endpoint=endpoint, status=str(status["code"])).inc()
             self.metrics.request_latency_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
@@ -137,7 +159,14 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
         detail, seen = [], set()
+        model = getattr(request.app.state.worker, "model", None)
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # loc is ("body", byte offset): name the body, quote the offset
+                pos = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), None)
+                why = (err.get("ctx") or {}).get("error", "")
+                detail.append({"field": "body", "value": None, "allowed": "a JSON object",
+                               "msg": f"invalid JSON at position {pos}" + (f": {why}" if why else "")})
+                continue
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "form")]
             # A union (class_id: int | list[int]) reports one error per branch; keep the first per field.
             loc = [p for p in loc if not p.startswith(("constrained-", "list[", "function-"))]
@@ -146,45 +175,56 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
                 continue
             seen.add(field)
             value = err.get("input")
-            if isinstance(value, (bytes, bytearray)) or (isinstance(value, str) and len(value) > 200):
-                value = f"<{len(value)} bytes>"
             if isinstance(value, dict):
                 value = None if field != "body" else "<object>"
-            detail.append(validation_detail(field, value, err.get("msg", "invalid")))
-        return JSONResponse(error_body("validation_error", _request_id(request), detail), status_code=422)
+            allowed = None
+            if field.split(".")[0] == "class_id" and model is not None:
+                allowed = class_allowed(model.num_classes)
+            detail.append(validation_detail(field, value, err.get("msg", "invalid"), allowed))
+        return ErrorJSONResponse(error_body("validation_error", _request_id(request), detail), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        names = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+        detail = exc.detail
+        if exc.status_code == 405:
+            allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed methods: {allow}"
+        return ErrorJSONResponse(error_body(names.get(exc.status_code, "http_error"), _request_id(request), detail),
+                                 status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(LimitError)
     async def on_limit(request: Request, exc: LimitError):
-        return JSONResponse(error_body("validation_error", _request_id(request), exc.detail), status_code=422)
+        return ErrorJSONResponse(error_body("validation_error", _request_id(request), exc.detail), status_code=422)
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull):
         metrics.rejections_total.labels(reason="queue_full").inc()
-        return JSONResponse(error_body("queue_full", _request_id(request), str(exc)), status_code=429,
+        return ErrorJSONResponse(error_body("queue_full", _request_id(request), str(exc)), status_code=429,
                             headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(InvalidImage)
     async def on_invalid_image(request: Request, exc: InvalidImage):
-        return JSONResponse(error_body("invalid image", _request_id(request), str(exc)), status_code=400)
+        return ErrorJSONResponse(error_body("invalid image", _request_id(request), str(exc)), status_code=400)
 
     @app.exception_handler(ImageTooLarge)
     async def on_image_too_large(request: Request, exc: ImageTooLarge):
         metrics.rejections_total.labels(reason="too_large").inc()
-        return JSONResponse(error_body("image_too_large", _request_id(request), str(exc)), status_code=413)
+        return ErrorJSONResponse(error_body("image_too_large", _request_id(request), str(exc)), status_code=413)
 
     @app.exception_handler(RequestFailed)
     async def on_failed(request: Request, exc: RequestFailed):
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         if isinstance(exc, NotReady):
             metrics.rejections_total.labels(reason="not_ready").inc()
-        return JSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
+        return ErrorJSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
                             headers=headers)
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception):
         rid = _request_id(request)
         log.exception("internal error, request_id=%s", rid)
-        return JSONResponse(error_body("internal_error", rid, "internal server error; quote the request_id"),
+        return ErrorJSONResponse(error_body("internal_error", rid, "internal server error; quote the request_id"),
                             status_code=500)
 
 

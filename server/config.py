@@ -20,6 +20,7 @@ from pathlib import Path
 
 ENGINES = ("eager", "compile", "tensorrt")
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_STEPS = 25  # sampling steps of a request that omits ``steps`` (server.schemas)
 ENV_PREFIX = "SVG_"
 
 
@@ -57,12 +58,14 @@ class ServerConfig:
     batch_wait_s: float = _help("longest wait before a partial first batch starts, 0..10 s", default=0.005)
     request_timeout_s: float = _help("per-request deadline, 0.1..600 s (504 after it)", default=300.0)
     max_images: int = _help("images per request (num_images, interpolation points), 1..256", default=16)
-    max_steps: int = _help("sampling steps per request, 1..1000", default=250)
+    max_steps: int = _help(f"sampling steps per request, {DEFAULT_STEPS}..1000 (not below the request default)",
+                           default=250)
     decode_batch: int = _help("latents per decoder call, 1..1024", default=16)
     max_upload_bytes: int = _help("largest request body, bytes, 1 KiB..1 GiB (413 above)", default=20 * 2**20)
     max_upload_pixels: int = _help("largest decoded image, pixels (413 above), 1..80,000,000; below PIL's "
                                    "89,478,485 default", default=40_000_000)
-    api_key: str | None = _help("bearer token required on every endpoint except /health (unset: open)",
+    api_key: str | None = _help("bearer token, at least 8 characters, required on every endpoint except /health, "
+                                "/ready, /metrics, /docs, /redoc, /openapi.json (unset: open)",
                                 default=None)
     host: str = _help("listen address", default="127.0.0.1")
     port: int = _help("listen port, 0..65535", default=8000)
@@ -97,6 +100,9 @@ class ServerConfig:
         need("request_timeout_s", 0.1 <= self.request_timeout_s <= 600, "0.1..600 seconds")
         need("max_images", 1 <= self.max_images <= 256, "1..256")
         need("max_steps", 1 <= self.max_steps <= 1000, "1..1000")
+        # A request that omits steps runs DEFAULT_STEPS; a smaller max would 422 every such request, so refuse.
+        need("max_steps", self.max_steps >= DEFAULT_STEPS,
+             f"{DEFAULT_STEPS}..1000 (at least the request default steps={DEFAULT_STEPS})")
         need("max_requests_per_step", 0 <= self.max_requests_per_step <= 4096, "0..4096 (0 = no cap)")
         need("decode_batch", 1 <= self.decode_batch <= 1024, "1..1024")
         need("max_upload_bytes", 1024 <= self.max_upload_bytes <= 2**30, "1024..1073741824 bytes")

@@ -18,6 +18,7 @@ Policy (cases B16, B20, B21, B23, B37):
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -66,7 +67,12 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> np.nd
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"{field}: the header declares too many pixels ({exc})") from None
+        # PIL refused the header before we could read the size (above its own bomb limit, far above ours): quote
+        # our limit, with the pixel count PIL reports when it gives one.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found.group(1))} pixels" if found else "more pixels than allowed"
+        raise ImageTooLarge(f"{field}: the header declares {declared}, which exceeds "
+                            f"max_upload_pixels={max_pixels}") from None
     except UnidentifiedImageError:
         raise InvalidImage(f"{field}: invalid image (not a recognised image format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
@@ -125,12 +131,15 @@ def box_mask(box: list[int], image_hw: tuple[int, int], size: int) -> np.ndarray
     """A rectangular mask ``[x0, y0, x1, y1]`` in input pixels, mapped through the same resize/crop.
 
     Raises:
-        ValueError: an empty or inverted box, naming the value and the allowed range.
+        ValueError: an empty or inverted box, or one entirely outside the image, naming the value, the image
+            size and the allowed range.
     """
     h, w = image_hw
     x0, y0, x1, y1 = box
     if not (0 <= x0 < x1 and 0 <= y0 < y1):
         raise ValueError(f"box={box}: need 0 <= x0 < x1 and 0 <= y0 < y1 (image is {w}x{h})")
+    if x0 >= w or y0 >= h:
+        raise ValueError(f"box={box} lies entirely outside the {w}x{h} image; need x0 < {w} and y0 < {h}")
     canvas = np.zeros((h, w, 3), dtype=np.uint8)
     canvas[min(y0, h):min(y1, h), min(x0, w):min(x1, w)] = 255
     return to_model_resolution(canvas, size).astype(np.float32).mean(axis=2) / 255.0

@@ -26,20 +26,43 @@ from starlette.datastructures import UploadFile
 from server.images import InvalidImage, box_mask, decode_image, decode_mask, encode_png, to_model_resolution
 from server.schemas import (
     EditJSON, EditParams, EncodeParams, ErrorResponse, FeatureFormat, GenerateRequest, GuidanceModeName, ImageJSON,
-    ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, check_limits, validation_detail,
+    ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, check_limits, class_allowed, validation_detail,
 )
 from server.worker import Cancelled, NonFiniteOutput, NotReady, RequestFailed, RowSpec, SampleJob
 
 router = APIRouter()
 MASK_BLUR_PX = 8.0  # Gaussian sigma (pixels at model resolution) softening edit masks; ~half a 16 px token
 
-_ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in {
-    400: "invalid image", 401: "missing or wrong bearer token", 406: "Accept: image/png with several images",
-    413: "body or image too large", 422: "invalid field (field, value, allowed range)",
-    429: "queue full; retry after Retry-After seconds", 503: "model not loaded yet", 504: "request deadline passed",
-}.items()}
-_IMAGE_OUT = {200: {"content": {"image/png": {}}, "description": "JSON with base64 PNGs, or one PNG with "
-                    "Accept: image/png"}}
+_ERROR_TEXT = {
+    400: ("invalid image", "invalid image", "image: invalid image (not a recognised image format)"),
+    401: ("missing or wrong bearer token", "unauthorized",
+          "missing or wrong bearer token (Authorization: Bearer <key>)"),
+    406: ("Accept matches no type this endpoint returns, or image/png with several images", "not_acceptable",
+          "Accept: image/jpeg matches nothing this endpoint returns; available: application/json, image/png"),
+    413: ("body or image too large", "image_too_large",
+          "image: 20000x20000 = 400000000 pixels exceeds max_upload_pixels=40000000"),
+    422: ("invalid field (field, value, allowed range)", "validation_error",
+          [{"field": "cfg", "value": "NaN", "allowed": "a number 0..50 (1 = no guidance)",
+            "msg": "cfg=NaN: Input should be a finite number"}]),
+    429: ("queue full; retry after Retry-After seconds", "queue_full", "queue full (64 requests waiting)"),
+    503: ("model not loaded yet", "not_ready", "model is still loading; poll GET /ready"),
+    504: ("request deadline passed", "deadline_exceeded", "request_timeout_s=300 passed"),
+}
+_ERRORS = {code: {"model": ErrorResponse, "description": text, "content": {"application/json": {
+    "example": {"error": error, "request_id": "3f2a9c0d5e6b4a7f8c1d2e3f4a5b6c7d", "detail": detail}}}}
+    for code, (text, error, detail) in _ERROR_TEXT.items()}
+_IMAGES_EXAMPLE = {"request_id": "3f2a9c0d5e6b4a7f8c1d2e3f4a5b6c7d",
+                   "images": [{"png_base64": "iVBORw0KGgoAAAANSUhEUgAA...", "seed": 0, "index": 0, "class_id": 7,
+                               "t": None}],
+                   "seed": 0, "steps": 25, "nfe": 50,
+                   "timings": {"queue_s": 0.01, "sampling_s": 1.2, "decode_s": 0.05, "total_s": 1.3},
+                   "params": {"class_id": 7, "steps": 25, "cfg": 4.0, "seed": 0}}
+_IMAGE_OUT = {200: {"content": {"application/json": {"example": _IMAGES_EXAMPLE},
+                                "image/png": {"schema": {"type": "string", "format": "binary"}}},
+                    "description": "JSON with base64 PNGs, or one PNG with Accept: image/png (headers X-Seed, "
+                                   "X-Steps, X-NFE, X-Timings)"}}
+# A raw image body (Content-Type: image/*) with the other fields as query parameters.
+_RAW_IMAGE_BODY = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -57,13 +80,36 @@ def _model(worker):
     return worker.model
 
 
+IMAGE_TYPES = ("application/json", "image/png")  # what the image endpoints can answer
+FEATURE_TYPES = ("application/x-npy", "application/octet-stream", "application/json")  # what /encode can answer
+
+
+def _check_accept(request: Request, offered: tuple[str, ...]) -> None:
+    """406 when an ``Accept`` header is given and none of its media ranges (``*/*``, ``type/*``, exact, q > 0)
+    matches what the endpoint can answer; the message lists the available types."""
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return
+    for part in accept.split(","):
+        media, *params = [p.strip().lower() for p in part.split(";")]
+        if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+            continue
+        if media in ("*/*", "*") or media in offered or (
+                media.endswith("/*") and any(o.startswith(media[:-1]) for o in offered)):
+            return
+    raise RequestFailedWith(406, "not_acceptable", f"Accept: {accept} matches nothing this endpoint returns; "
+                            f"available: {', '.join(offered)}")
+
+
 def _wants_png(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "image/png" in accept and "application/json" not in accept
+    _check_accept(request, IMAGE_TYPES)
+    accept = request.headers.get("accept", "").lower()
+    return ("image/png" in accept or "image/*" in accept) and "application/json" not in accept
 
 
 def _negotiate(request: Request, count: int) -> bool:
-    """True for a raw PNG answer. ``Accept: image/png`` with several images is 406 (asked before any work)."""
+    """True for a raw PNG answer. ``Accept: image/png`` with several images is 406 (asked before any work), and
+    so is an ``Accept`` that matches neither JSON nor PNG."""
     png = _wants_png(request)
     if png and count > 1:
         raise RequestFailedWith(406, "not_acceptable", f"Accept: image/png returns one image but this request makes "
@@ -81,7 +127,7 @@ def _check_classes(class_ids: list[int], num_classes: int, field: str = "class_i
     bad = [c for c in class_ids if c >= num_classes]
     if bad:
         raise LimitError([validation_detail(field, bad[0], f"this model has {num_classes} classes; allowed "
-                                                           f"0..{num_classes - 1}")])
+                                                           f"0..{num_classes - 1}", class_allowed(num_classes))])
 
 
 def _guidance(req) -> Any:
@@ -142,10 +188,16 @@ async def _images_response(request: Request, job: SampleJob, *, png: bool, seed:
 
 
 def _parse_json(model_cls: type[BaseModel], raw: bytes) -> BaseModel:
+    """Validate a JSON body; an empty body validates as ``{}`` so the 422 names the missing required fields.
+    NaN/Infinity/1e999 parse to non-finite floats and are refused by the models (``allow_inf_nan=False``)."""
     try:
-        data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON: {exc}", "input": None}]) from None
+        data = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise LimitError([{"field": "body", "value": None, "allowed": "a JSON object",
+                           "msg": f"invalid JSON at position {exc.pos}: {exc.msg}"}]) from None
+    except UnicodeDecodeError as exc:
+        raise LimitError([{"field": "body", "value": None, "allowed": "a JSON object (UTF-8)",
+                           "msg": f"invalid JSON at position {exc.start}: not UTF-8"}]) from None
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
@@ -305,22 +357,29 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/ImageJSON"}},
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"},
-        "format": {"type": "string", "enum": [f.value for f in FeatureFormat]}}}}}}}
+        "format": {"type": "string", "enum": [f.value for f in FeatureFormat]}}}},
+    **_RAW_IMAGE_BODY}}}
 
 
-async def _encode_common(request: Request):
+async def _encode_common(request: Request, offered: tuple[str, ...]):
     cfg, worker, _ = _state(request)
     m = _model(worker)
+    _check_accept(request, offered)
     params, files = await _read_upload(request, ImageJSON, EncodeParams)
     rgb, _ = await _decode_to_model(files["image"], cfg, m.image_size)
     return cfg, worker, m, params, rgb
 
 
 @router.post("/encode", summary="Image -> SVG features (C x h x w) as .npy, safetensors or JSON",
-             responses={**_ERRORS, 200: {"content": {"application/x-npy": {}, "application/octet-stream": {},
-                                                     "application/json": {}}}}, openapi_extra=_UPLOAD_DOC)
+             responses={**_ERRORS, 200: {"description": "features of shape (C, h, w), float32", "content": {
+                 "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                 "application/json": {"example": {"request_id": "3f2a9c0d5e6b4a7f8c1d2e3f4a5b6c7d",
+                                                  "shape": [36, 8, 8], "dtype": "float32",
+                                                  "features": [[[0.12, -0.5, "..."]]]}}}}},
+             openapi_extra=_UPLOAD_DOC)
 async def encode(request: Request):
-    cfg, worker, m, params, rgb = await _encode_common(request)
+    cfg, worker, m, params, rgb = await _encode_common(request, FEATURE_TYPES)
     latent = await _await(request, worker, worker.run_device(lambda mm: mm.encode_images(rgb[None]).cpu()), None)
     feats = latent[0].numpy().astype(np.float32)  # (C, h, w)
     _finite_or_raise(feats)
@@ -349,7 +408,7 @@ def _accepts_json_only(request: Request) -> bool:
 @router.post("/reconstruct", summary="Image -> encode -> decode -> image", response_model=ImagesResponse,
              responses={**_ERRORS, **_IMAGE_OUT}, openapi_extra=_UPLOAD_DOC)
 async def reconstruct(request: Request):
-    cfg, worker, m, params, rgb = await _encode_common(request)
+    cfg, worker, m, params, rgb = await _encode_common(request, IMAGE_TYPES)
     png = _wants_png(request)
     t0 = time.monotonic()
 
@@ -374,17 +433,20 @@ async def reconstruct(request: Request):
                                                     "properties": {"image": {"type": "string", "format": "binary"},
                                                                    "mask": {"type": "string", "format": "binary"},
                                                                    "params": {"$ref": "#/components/schemas/"
-                                                                                      "EditParams"}}}}}}})
+                                                                                      "EditParams"}}}},
+                 **_RAW_IMAGE_BODY}}})
 async def edit(request: Request):
     import torch
     from svg.editing import editable_region, soften_mask
 
     cfg, worker, _ = _state(request)
     m = _model(worker)
+    png = _wants_png(request)
     params, files = await _read_upload(request, EditJSON, EditParams)
     check_limits(params, max_images=cfg.max_images, max_steps=cfg.max_steps)
     _check_classes([params.class_id], m.num_classes)
-    png = _wants_png(request)
+    if "mask" in files and params.box is not None:
+        raise LimitError([validation_detail("box", params.box, "give either a mask image or a box, not both")])
     rgb, hw = await _decode_to_model(files["image"], cfg, m.image_size)
     if "mask" in files:
         mask = await run_in_threadpool(decode_mask, files["mask"], max_pixels=cfg.max_upload_pixels,

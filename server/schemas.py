@@ -13,16 +13,19 @@ equals ``/generate`` with that seed.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
+from server.config import DEFAULT_STEPS
+
 NUM_CLASSES = 1000  # ImageNet-1k; label 1000 is the null class, internal to guidance only (never accepted here)
 MAX_SEED = 2**63 - 1
 
 SInt = Annotated[int, Strict()]
-SFloat = Annotated[float, Strict()]
+SFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 ClassId = Annotated[int, Strict(), Field(ge=0, le=NUM_CLASSES - 1)]
 
 # Allowed range per field, quoted in every 422 message (keys are field names).
@@ -89,9 +92,10 @@ class FeatureFormat(str, Enum):
 class _Sampling(BaseModel):
     """Fields shared by every request that samples."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    steps: SInt = Field(25, ge=1, description="sampling steps (model evaluations per image: steps for Euler)")
+    steps: SInt = Field(DEFAULT_STEPS, ge=1,
+                        description="sampling steps (model evaluations per image: steps for Euler)")
     cfg: SFloat = Field(4.0, ge=0.0, le=50.0, description="guidance scale w; w <= 1 runs without guidance")
     guidance_mode: GuidanceModeName = Field(GuidanceModeName.constant, description="guidance schedule")
     timestep_shift: SFloat = Field(0.15, ge=0.0, le=10.0,
@@ -102,7 +106,7 @@ class _Sampling(BaseModel):
 class GenerateRequest(_Sampling):
     """``POST /generate``: class-conditional images."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
         {"class_id": 207, "num_images": 1, "steps": 25, "cfg": 4.0, "guidance_mode": "constant",
          "timestep_shift": 0.15, "sampler": "euler", "seed": 0},
         {"class_id": [1, 2, 3], "steps": 10, "cfg": 1.0, "seed": 42},
@@ -136,7 +140,7 @@ class GenerateRequest(_Sampling):
 class InterpolateRequest(_Sampling):
     """``POST /interpolate``: images along a path between the initial noises of ``seed_a`` and ``seed_b``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
         {"class_id": 207, "seed_a": 1, "seed_b": 2, "num_points": 5, "mode": "slerp", "steps": 25, "cfg": 4.0},
         {"class_id": 88, "seed_a": 7, "seed_b": 7, "t": [0, 0.5, 1], "mode": "slerp"},
     ]})
@@ -145,7 +149,7 @@ class InterpolateRequest(_Sampling):
     seed_a: SInt = Field(ge=0, le=MAX_SEED, description="seed of the t=0 end point")
     seed_b: SInt = Field(ge=0, le=MAX_SEED, description="seed of the t=1 end point")
     num_points: SInt | None = Field(None, ge=2, description="evenly spaced points including both ends")
-    t: list[Annotated[float, Strict(), Field(ge=0.0, le=1.0)]] | None = Field(
+    t: list[Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]] | None = Field(
         None, min_length=1, description="explicit mixing ratios in [0, 1] (instead of num_points)")
     mode: InterpMode = Field(InterpMode.slerp, description="lerp or slerp of the initial noise")
 
@@ -166,7 +170,7 @@ class InterpolateRequest(_Sampling):
 class EditParams(_Sampling):
     """``POST /edit`` parameters (the image and mask travel as files or base64 next to these)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
         {"class_id": 250, "strength": 0.6, "steps": 25, "cfg": 4.0, "region": "inside", "box": [64, 64, 192, 192],
          "seed": 0},
     ]})
@@ -182,7 +186,7 @@ class EditParams(_Sampling):
 class EditJSON(EditParams):
     """JSON form of ``POST /edit``: base64 image and optional base64 mask."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     image: str = Field(description="base64 image")
     mask: str | None = Field(None, description="base64 mask image (white = region), or use box")
 
@@ -190,15 +194,15 @@ class EditJSON(EditParams):
 class EncodeParams(BaseModel):
     """Multipart fields of ``POST /encode`` and ``POST /reconstruct`` (the image is the file part ``image``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format: FeatureFormat = Field(FeatureFormat.npy, description="/encode output format")
 
 
 class ImageJSON(EncodeParams):
     """JSON form of ``POST /encode`` and ``POST /reconstruct``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"image": "<base64 PNG>",
-                                                                                 "format": "json"}]})
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{
+        "image": "<base64 PNG>", "format": "json"}]})
     image: str = Field(description="base64 image")
 
 
@@ -257,10 +261,46 @@ class ModelsResponse(BaseModel):
     random_weights: bool = Field(description="true for the tiny random test checkpoint (not a trained model)")
 
 
-def validation_detail(field: str, value: Any, msg: str) -> dict[str, Any]:
-    """One 422 entry naming the field, the value and the allowed range."""
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` made JSON-serialisable for an error body: NaN/±inf become ``"NaN"``/``"Infinity"``/``"-Infinity"``,
+    bytes become ``"<n bytes>"``, huge integers become strings, anything else unknown becomes its ``repr``.
+    Never raises, so building an error response cannot fail on the client's own input."""
+    if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1023:
+            return str(value)
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value[:16]]
+    if depth < 4 and isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in list(value.items())[:16]}
+    try:
+        return repr(value)[:200]
+    except Exception:  # a hostile __repr__ must not turn a 422 into a 500
+        return "<unprintable>"
+
+
+def validation_detail(field: str, value: Any, msg: str, allowed: str | None = None) -> dict[str, Any]:
+    """One 422 entry naming the field, the value (JSON-safe, see :func:`json_safe`) and the allowed range."""
     root = field.split(".")[0]
-    return {"field": field, "value": value, "allowed": ALLOWED.get(root, ""), "msg": f"{field}={value!r}: {msg}"}
+    if isinstance(value, str) and len(value) > 200:
+        value = f"<{len(value)} bytes>"
+    value = json_safe(value)
+    shown = value if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity") else repr(value)
+    return {"field": field, "value": value, "allowed": ALLOWED.get(root, "") if allowed is None else allowed,
+            "msg": f"{field}={shown}: {msg}"}
+
+
+def class_allowed(num_classes: int) -> str:
+    """The ``allowed`` text of ``class_id`` for a model with ``num_classes`` class labels."""
+    return f"an integer 0..{num_classes - 1} or a non-empty list of them"
 
 
 class LimitError(ValueError):

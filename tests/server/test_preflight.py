@@ -25,3 +25,11 @@ def test_tensorrt_engine_without_tensorrt_exits_at_startup():
     proc = _run("--device", "cpu", "--sit-engine", "tensorrt")
     assert proc.returncode == 2
     assert "TensorRT Python package is not installed" in proc.stderr
+
+
+def test_max_steps_below_the_request_default_exits_at_startup():
+    from server.config import DEFAULT_STEPS
+
+    proc = _run("--device", "cpu", "--max-steps", str(DEFAULT_STEPS - 1))
+    assert proc.returncode == 2
+    assert f"max_steps={DEFAULT_STEPS - 1}" in proc.stderr and f"steps={DEFAULT_STEPS}" in proc.stderr
