@@ -26,6 +26,20 @@ def first_png(resp) -> bytes:
     return base64.b64decode(resp["images"][0]["png_base64"])
 
 
+def psnr_db(a_png: bytes, b_png: bytes) -> tuple[float, float]:
+    """(PSNR in dB, max absolute difference in grey levels) of two 8-bit PNGs; PSNR is inf when equal."""
+    a = np.asarray(Image.open(io.BytesIO(a_png)), dtype=np.float64)
+    b = np.asarray(Image.open(io.BytesIO(b_png)), dtype=np.float64)
+    mse = float(((a - b) ** 2).mean())
+    return (float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)), float(np.abs(a - b).max())
+
+
+def assert_close_images(a_png: bytes, b_png: bytes) -> None:
+    """The documented guarantee across batch positions: every pixel within 1/255 and PSNR > 40 dB (B33)."""
+    psnr, worst = psnr_db(a_png, b_png)
+    assert psnr > 40.0 and worst <= 1, (psnr, worst)
+
+
 # -- basics ----------------------------------------------------------------------------------------------------
 def test_health_ready_models(client, model_dir):
     assert client.get("/health").json() == {"status": "ready"}
@@ -135,7 +149,9 @@ def test_batched_requests_equal_their_solo_runs(client):
         batched = list(ex.map(lambda b: gen(client, **b), bodies))
     assert _step_rows_count_above_one(client) > before  # they really shared DiT steps
     for s, b, body in zip(solo, batched, bodies):
-        assert first_png(s) == first_png(b)  # bit-identical (B10: no noise or class leaks between rows)
+        # B10: no noise or class leaks between rows. A row may sit at another position of the padded batch than
+        # when it ran alone, which can change float rounding: guaranteed within 1 grey level, PSNR > 40 dB.
+        assert_close_images(first_png(s), first_png(b))
         assert b["images"][0]["class_id"] == body["class_id"] and b["seed"] == body["seed"]
         assert b["nfe"] == s["nfe"]
 
@@ -143,7 +159,7 @@ def test_batched_requests_equal_their_solo_runs(client):
 def test_image_i_noise_depends_only_on_seed_and_index(client):
     one = gen(client, class_id=9, steps=3, seed=42)
     four = gen(client, class_id=9, num_images=4, steps=3, seed=42)
-    assert first_png(one) == first_png(four)  # B33: image 0 of batch 4 == batch 1
+    assert_close_images(first_png(one), first_png(four))  # B33: image 0 of batch 4 == batch 1 (up to rounding)
     pngs = [base64.b64decode(im["png_base64"]) for im in four["images"]]
     assert len(set(pngs)) == 4  # the other images use derived seeds
 
@@ -376,8 +392,5 @@ def test_image_zero_of_four_is_within_40db_of_the_solo_image(client):
     equal up to float rounding: PSNR > 40 dB (B33) and at most 1 grey level apart."""
     one = gen(client, class_id=9, steps=4, seed=123)
     four = gen(client, class_id=9, num_images=4, steps=4, seed=123)
-    a = np.asarray(Image.open(io.BytesIO(first_png(one))), dtype=np.float64)
-    b = np.asarray(Image.open(io.BytesIO(first_png(four))), dtype=np.float64)
-    mse = float(((a - b) ** 2).mean())
-    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-    assert psnr > 40.0 and np.abs(a - b).max() <= 1
+    psnr, worst = psnr_db(first_png(one), first_png(four))
+    assert psnr > 40.0 and worst <= 1, (psnr, worst)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from server.config import ServerConfig
 from server.images import BACKGROUND_RGB, ImageTooLarge, InvalidImage, decode_image
-from tests.server.conftest import MAX_UPLOAD_BYTES, png_bytes
+from tests.server.conftest import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, png_bytes
 
 FEATURES = (36, 8, 8)
 
@@ -96,6 +96,11 @@ def test_decompression_bomb_is_413_from_the_header(client, server):
     r = encode(client, data)
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
     assert server.rss_bytes() - rss < 50 * 2**20  # nothing was decoded
+    # 20000x20000 is above PIL's own bomb limit, which refuses first: the message still quotes OUR limit.
+    assert f"max_upload_pixels={MAX_UPLOAD_PIXELS}" in r.json()["detail"] and "400000000" in r.json()["detail"]
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in r.json()["detail"]
+    small = encode(client, bomb_png(3000, 2000))  # above ours, below PIL's: our own header check
+    assert small.status_code == 413 and f"max_upload_pixels={MAX_UPLOAD_PIXELS}" in small.json()["detail"]
 
 
 def test_default_pixel_limit_is_below_pils():
