@@ -39,3 +39,23 @@ def test_engine_shorthand_sets_both_engines():
     assert cfg.sit_engine == "compile" and cfg.decoder_engine == "compile"
     with pytest.raises(ConfigError, match="engine='onnx'"):
         ServerConfig.from_sources([], env={"SVG_ENGINE": "onnx"})
+
+
+def test_max_steps_below_the_request_default_is_refused():
+    from server.config import DEFAULT_STEPS
+
+    with pytest.raises(ConfigError, match=f"max_steps={DEFAULT_STEPS - 1}.*steps={DEFAULT_STEPS}"):
+        ServerConfig.from_sources(["--max-steps", str(DEFAULT_STEPS - 1)], env={})
+    assert ServerConfig.from_sources(["--max-steps", str(DEFAULT_STEPS)], env={}).max_steps == DEFAULT_STEPS
+
+
+def test_docs_state_the_api_key_rules_and_every_open_path():
+    from server.app import OPEN_PATHS
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `--api-key`"))
+    assert "at least 8 characters" in row
+    with pytest.raises(ConfigError, match="api_key.*at least 8 characters"):
+        ServerConfig.from_sources(["--api-key", "1234567"], env={})
+    for path in OPEN_PATHS:
+        assert f"`{path}`" in row, path

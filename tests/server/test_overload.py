@@ -54,6 +54,10 @@ def test_api_key_required_except_health(tight, tc):
         wrong = anon.post("/generate", json={"class_id": 1, "steps": 1}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert anon.get("/models").status_code == 401
+        for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):  # the documented open paths (docs/server.md)
+            assert anon.get(path).status_code == 200, path
+        for path in ("/encode", "/reconstruct", "/edit", "/interpolate"):
+            assert anon.post(path, json={}).status_code == 401, path
     assert tc.post("/generate", json={"class_id": 1, "steps": 1}).status_code == 200
 
 
