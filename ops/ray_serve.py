@@ -8,7 +8,13 @@ unhealthy replicas.
 Health (cases T32, T33): Ray's default check only pings the actor. :meth:`SVGIngress.check_health` instead sends a
 tiny real request (``POST /generate``, one image, one step, no guidance) through the replica's own app, the same
 execution path as user traffic, with a timeout; a stuck worker or device fails it, and Ray replaces the replica.
-While the model is still loading (``/ready`` is 503) the check passes for ``startup_grace_s`` seconds.
+While the model is still loading (``/ready`` is 503) the check passes for ``startup_grace_s`` seconds. After a
+failed check the replica's own ``GET /ready`` answers 503 (with the reason) until a check passes again, so a load
+balancer that polls replicas directly sees what Ray sees.
+
+Test hook (case T32, tests only): ``ScaleConfig.fault_flag_path``. The first replica whose health check finds a file
+at that path deletes it and fails every later check, so a test can watch Ray mark that one replica unhealthy and
+replace it. It is off by default and not a command-line flag.
 
 The route prefix is set in one place, :data:`ROUTE_PREFIX` (case T35), so paths are the same as under uvicorn.
 
@@ -24,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.config import ServerConfig
 
@@ -58,6 +66,9 @@ class ScaleConfig:
     health_check_timeout_s: float = 30.0
     probe_timeout_s: float = 20.0  # the probe request's own deadline, below health_check_timeout_s
     startup_grace_s: float = 900.0  # model loading + warm-up allowed before a not-ready replica counts as unhealthy
+    # TEST ONLY (T32): a file path; the replica that first finds a file there deletes it and fails its health checks
+    # from then on. "" = off. Not a command-line flag.
+    fault_flag_path: str = field(default="", metadata={"cli": False})
 
     def __post_init__(self) -> None:
         def need(name: str, ok: bool, allowed: str) -> None:
@@ -116,6 +127,41 @@ async def probe(app, timeout_s: float, *, ready_since_start_s: float | None = No
         raise ProbeFailed(f"probe got no answer within {timeout_s} s (stuck worker or device)") from None
 
 
+class ReplicaHealth:
+    """The outcome of a replica's latest health check: ``failure`` is None after a pass, else the reason (str)."""
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+
+class ReadyGate:
+    """ASGI middleware of a replica: ``GET /ready`` answers 503 while the replica's latest health check failed.
+
+    The body has the server's ``/ready`` format, ``{"ready": false, "error": "health check failed: <reason>"}``,
+    with ``Retry-After: 2``; every other request, and ``/ready`` after a passing check, goes to the app unchanged.
+    """
+
+    def __init__(self, app, health: ReplicaHealth) -> None:
+        self.app, self.health = app, health
+
+    async def __call__(self, scope, receive, send) -> None:
+        failure = self.health.failure
+        if failure is not None and scope["type"] == "http" and _app_path(scope) == "/ready":
+            body = json.dumps({"ready": False, "error": f"health check failed: {failure}"}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"2"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def _app_path(scope) -> str:
+    """The request path below the mount point (``root_path``), as the app's routes see it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def _ingress_class():
     """The deployment class, defined lazily so that importing this module needs no Ray."""
     from ray import serve
@@ -129,18 +175,42 @@ def _ingress_class():
 
             self.scale = scale
             self.started = time.monotonic()
+            self.health = ReplicaHealth()
+            self.fault_injected = False  # set by the T32 test hook only
             # Inside a replica the app is reached through Ray's proxy, never through its own socket.
             self.svg_app = create_app(server_config)  # not `app`: the ingress wrapper owns that name
+            self.svg_app.add_middleware(ReadyGate, health=self.health)
 
         def __serve_build_asgi_app__(self):
             return self.svg_app
 
         async def check_health(self) -> None:
-            """Called by Ray every ``health_check_period_s``; raising marks the replica unhealthy (T32, T33)."""
-            state = await probe(self.svg_app, self.scale.probe_timeout_s,
-                                ready_since_start_s=time.monotonic() - self.started,
-                                grace_s=self.scale.startup_grace_s)
+            """Called by Ray every ``health_check_period_s``; raising marks the replica unhealthy (T32, T33).
+
+            Raises:
+                ProbeFailed: the probe failed, or the test hook made this replica fail.
+            """
+            try:
+                if self._take_fault_flag():
+                    raise ProbeFailed(f"fault injected by the test hook ({self.scale.fault_flag_path})")
+                state = await probe(self.svg_app, self.scale.probe_timeout_s,
+                                    ready_since_start_s=time.monotonic() - self.started,
+                                    grace_s=self.scale.startup_grace_s)
+            except Exception as exc:  # recorded for /ready, then re-raised for Ray
+                self.health.failure = str(exc) or type(exc).__name__
+                raise
+            self.health.failure = None
             logger.debug("health probe: %s", state)
+
+        def _take_fault_flag(self) -> bool:
+            """T32 test hook: claim the flag file (only one replica's delete succeeds); True once claimed."""
+            if not self.fault_injected and self.scale.fault_flag_path:
+                try:
+                    os.remove(self.scale.fault_flag_path)
+                    self.fault_injected = True
+                except FileNotFoundError:
+                    pass  # no flag, or another replica took it
+            return self.fault_injected
 
     return SVGIngress
 
@@ -190,12 +260,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ScaleConfig, Server
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' to join); default: local")
     parser.add_argument("--http-host", default="0.0.0.0")
     parser.add_argument("--http-port", type=int, default=8000)
-    for f in dataclasses.fields(ScaleConfig):
+    cli_fields = [f for f in dataclasses.fields(ScaleConfig) if f.metadata.get("cli", True)]
+    for f in cli_fields:
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                             default=getattr(defaults, f.name))
     args = parser.parse_args(own_argv)
     try:
-        scale = ScaleConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScaleConfig)})
+        scale = ScaleConfig(**{f.name: getattr(args, f.name) for f in cli_fields})
         server_config = ServerConfig.from_sources(server_argv)
     except ValueError as exc:
         parser.error(str(exc))

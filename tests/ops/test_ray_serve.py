@@ -1,4 +1,5 @@
-"""Ray Serve scale-out: two CPU replicas of the real app behind Ray's proxy (cases T33, T35), and the health probe."""
+"""Ray Serve scale-out: two CPU replicas of the real app behind Ray's proxy (cases T32, T33, T35), the health probe
+and the replica's readiness gate."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
-from ops.ray_serve import PROBE_REQUEST, ROUTE_PREFIX, ProbeFailed, ScaleConfig, probe
+from ops.ray_serve import PROBE_REQUEST, ROUTE_PREFIX, ProbeFailed, ReadyGate, ReplicaHealth, ScaleConfig, probe
 from server.config import ServerConfig
 
 from .conftest import free_port, wait_http
@@ -56,9 +58,43 @@ def test_scale_config_is_validated_with_the_field_named():
     assert PROBE_REQUEST["steps"] == 1 and PROBE_REQUEST["num_images"] == 1
 
 
+def test_ready_gate_answers_503_only_while_the_last_health_check_failed():
+    import httpx
+
+    health = ReplicaHealth()
+    app = ReadyGate(_asgi_app(200, 0.0), health)
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as client:
+            return await client.get(path)
+
+    assert asyncio.run(get("/ready")).status_code == 200
+    health.failure = "probe got no answer within 20 s"
+    failed = asyncio.run(get("/ready"))
+    assert failed.status_code == 503 and failed.headers["retry-after"] == "2"
+    assert failed.json() == {"ready": False, "error": "health check failed: probe got no answer within 20 s"}
+    assert asyncio.run(get("/health")).status_code == 200  # only readiness is gated
+    health.failure = None
+    assert asyncio.run(get("/ready")).status_code == 200
+
+
+def test_the_fault_hook_is_not_a_command_line_flag():
+    from ops.ray_serve import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--fault-flag-path", "/tmp/x"])
+    assert parse_args(["--max-replicas", "2"])[1].fault_flag_path == ""
+
+
 # -- a local Ray cluster with two CPU replicas ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_url(tiny_model_dir):
+def fault_flag(tmp_path_factory):
+    """Where the T32 test hook looks: a file here makes one replica fail its health checks."""
+    return tmp_path_factory.mktemp("ray_fault") / "fail_health_check"
+
+
+@pytest.fixture(scope="module")
+def ray_url(tiny_model_dir, fault_flag):
     ray = pytest.importorskip("ray", reason="ray[serve] is in the dev extra: pip install -e '.[dev]'")
     from ray import serve
 
@@ -71,7 +107,8 @@ def ray_url(tiny_model_dir):
     # No warm-up request: the health probe is the first real forward (keeps this test within its 2-minute budget).
     server_config = ServerConfig(model_dir=tiny_model_dir, device="cpu", warmup=False, max_rows=8, decode_batch=4)
     scale = ScaleConfig(min_replicas=2, max_replicas=2, gpus_per_replica=0, cpus_per_replica=1,
-                        health_check_period_s=2, health_check_timeout_s=30, probe_timeout_s=20)
+                        health_check_period_s=2, health_check_timeout_s=30, probe_timeout_s=20,
+                        fault_flag_path=str(fault_flag))
     try:
         run(server_config, scale, http_host="127.0.0.1", http_port=port)
         url = f"http://127.0.0.1:{port}"
@@ -118,3 +155,54 @@ def test_endpoints_and_routes_through_the_proxy_match_plain_uvicorn(ray_url, tin
     plain = set(create_app(ServerConfig(model_dir=tiny_model_dir, device="cpu")).openapi()["paths"])
     proxied = set(json.loads(_get(ray_url + "/openapi.json")[1])["paths"])
     assert proxied == plain and "/generate" in plain
+
+
+def _replica_actors() -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "SVGIngress" in a["name"]}
+
+
+def _ready_status(url: str) -> tuple[int | None, str]:
+    try:
+        with urllib.request.urlopen(url + "/ready", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return None, ""  # no replica answered in time (one is being replaced)
+
+
+def test_a_replica_failing_its_health_check_is_marked_unhealthy_and_replaced(ray_url, fault_flag):
+    """T32: the test hook makes one replica's check_health raise. Ray must show the deployment UNHEALTHY/UPDATING,
+    that replica's /ready must answer 503, and Ray must replace it (a new replica actor, two RUNNING, HEALTHY).
+    Runs last in this module: it restarts a replica of the shared cluster."""
+    from ray import serve
+
+    before = _replica_actors()
+    assert len(before) == 2
+    fault_flag.write_text("fail")
+    statuses, ready_codes, unready_bodies = [], set(), []
+    deadline = time.monotonic() + 90  # 3 failed checks (period 2 s) + graceful stop + a new replica's start-up
+    while time.monotonic() < deadline:
+        deployment = serve.status().applications["svg"].deployments["SVGIngress"]
+        if not statuses or statuses[-1] != (deployment.status, deployment.replica_states):
+            statuses.append((deployment.status, dict(deployment.replica_states)))
+        code, body = _ready_status(ray_url)
+        ready_codes.add(code)
+        if code == 503:
+            unready_bodies.append(body)
+        replaced = _replica_actors() != before
+        if (replaced and unready_bodies and deployment.status == "HEALTHY"
+                and deployment.replica_states == {"RUNNING": 2}):
+            break
+        time.sleep(0.1)
+    history = f"status history {statuses}, /ready codes {ready_codes}"
+    assert not fault_flag.exists(), "no replica took the fault flag: " + history
+    assert {"UNHEALTHY", "UPDATING"} & {status for status, _ in statuses}, history
+    assert unready_bodies and "health check failed: fault injected" in unready_bodies[0], history
+    after = _replica_actors()
+    assert len(before - after) == 1 and len(after - before) == 1, f"{before} -> {after}; {history}"
+    final = serve.status().applications["svg"]
+    assert final.status == "RUNNING" and final.deployments["SVGIngress"].status == "HEALTHY", history
+    assert _ready_status(ray_url)[0] == 200
