@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,28 +143,50 @@ def documented_command(prefix: str) -> tuple[dict[str, str], list[str]]:
     raise AssertionError(f"docs/operations.md has no command starting with {prefix!r}")
 
 
-def test_smoke_load_test_against_the_tiny_model_meets_its_slo(tiny_model_dir, tmp_path):
-    """The CI smoke run, exactly as documented: 20 s, 4 users, the runner starts the server itself. Only the
-    model folder, the port and the output folder are swapped for temporary ones."""
+DEMO_DIR = REPO / "models" / "demo"
+DEMO_FILES = ("sit.safetensors", "autoencoder.safetensors", "latent_stats.safetensors")
+
+
+def smoke_model_dir(request) -> tuple[Path, str]:
+    """The model of the CI smoke run: the trained demo in models/demo when its three files are there, else the tiny
+    RANDOM model (said in a warning, so it shows in pytest's summary). Returns (directory, what it is)."""
+    missing = [name for name in DEMO_FILES if not (DEMO_DIR / name).is_file()]
+    if not missing:
+        return DEMO_DIR, "demo model (models/demo)"
+    reason = f"models/demo lacks {', '.join(missing)}: the smoke load test runs on the tiny RANDOM model instead"
+    warnings.warn(reason, stacklevel=2)
+    sys.stderr.write(reason + "\n")
+    return request.getfixturevalue("tiny_model_dir"), "tiny RANDOM model (fallback)"
+
+
+def test_smoke_load_test_against_the_demo_model_meets_its_slo(request, tmp_path):
+    """The CI smoke run, exactly as documented: 20 s, 4 users, the runner starts the server itself on the demo model
+    (10 classes, 32 px; the locustfile takes the class count from GET /models). Only the port and the output folder
+    are swapped for temporary ones, and the model folder too when the demo is not there (tiny random model)."""
     from .conftest import free_port
 
+    model_dir, model_name = smoke_model_dir(request)
     port = str(free_port())
     out = tmp_path / "smoke"
     svg_serve = str(Path(sys.executable).parent / "svg-serve")  # the console script of this environment
     env, command = documented_command("OMP_NUM_THREADS=1 python -m loadtest.run --start-server")
     command[0] = sys.executable
     start_server = command.index("--start-server") + 1
+    assert "--model-dir models/demo " in command[start_server]
     command[start_server] = (command[start_server].replace("svg-serve", svg_serve, 1)
-                             .replace("runs/tiny-model", str(tiny_model_dir)).replace("8000", port))
+                             .replace("models/demo", str(model_dir)).replace("8000", port))
     command[command.index("--url") + 1] = f"http://127.0.0.1:{port}"
     command[command.index("--out") + 1] = str(out)
     assert command[command.index("--duration") + 1] == "20s"
+    assert command[command.index("--image-size") + 1] == "32"  # the demo's (and tiny model's) image side
     result = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stdout + result.stderr + (out / "locust.log").read_text()[-3000:]
+    log = result.stdout + result.stderr + (out / "locust.log").read_text()[-3000:]
+    assert result.returncode == 0, f"{model_name}: {log}"
     stats = read_stats(out / "locust_stats.csv")
-    assert stats.requests >= 10 and stats.failures == 0
+    assert stats.requests >= 10 and stats.failures == 0, f"{model_name}: {log}"
     assert {"POST /generate", "POST /encode", "POST /edit", "POST /interpolate"} <= set(stats.per_endpoint)
     assert (out / "server.log").stat().st_size > 0  # the runner kept the server log
+    sys.stdout.write(f"smoke load test ran on the {model_name}: {stats.requests} requests\n")
 
 
 def test_plain_locust_with_our_shape_writes_csv_and_exits_by_the_slo(tmp_path):
