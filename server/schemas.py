@@ -107,12 +107,14 @@ class GenerateRequest(_Sampling):
     """``POST /generate``: class-conditional images."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
-        {"class_id": 207, "num_images": 1, "steps": 25, "cfg": 4.0, "guidance_mode": "constant",
+        {"class_id": 7, "num_images": 1, "steps": 25, "cfg": 4.0, "guidance_mode": "constant",
          "timestep_shift": 0.15, "sampler": "euler", "seed": 0},
         {"class_id": [1, 2, 3], "steps": 10, "cfg": 1.0, "seed": 42},
     ]})
 
-    class_id: ClassId | list[ClassId] = Field(description="ImageNet class 0..999, or one per image")
+    class_id: ClassId | list[ClassId] = Field(
+        description="class label 0..num_classes-1 (GET /models; 0..9 for the MNIST demo, 0..999 for an ImageNet "
+                    "model), or one per image")
     num_images: SInt | None = Field(None, ge=1, description="images to make (default: 1, or len(class_id))")
     seed: SInt | None = Field(None, ge=0, le=MAX_SEED, description="request seed; image i uses "
                               "derive_seed(seed, i). Random when omitted (returned in the response)")
@@ -141,11 +143,11 @@ class InterpolateRequest(_Sampling):
     """``POST /interpolate``: images along a path between the initial noises of ``seed_a`` and ``seed_b``."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
-        {"class_id": 207, "seed_a": 1, "seed_b": 2, "num_points": 5, "mode": "slerp", "steps": 25, "cfg": 4.0},
-        {"class_id": 88, "seed_a": 7, "seed_b": 7, "t": [0, 0.5, 1], "mode": "slerp"},
+        {"class_id": 7, "seed_a": 1, "seed_b": 2, "num_points": 5, "mode": "slerp", "steps": 25, "cfg": 4.0},
+        {"class_id": 8, "seed_a": 7, "seed_b": 7, "t": [0, 0.5, 1], "mode": "slerp"},
     ]})
 
-    class_id: ClassId = Field(description="ImageNet class 0..999 for every point")
+    class_id: ClassId = Field(description="class label 0..num_classes-1 (GET /models) for every point")
     seed_a: SInt = Field(ge=0, le=MAX_SEED, description="seed of the t=0 end point")
     seed_b: SInt = Field(ge=0, le=MAX_SEED, description="seed of the t=1 end point")
     num_points: SInt | None = Field(None, ge=2, description="evenly spaced points including both ends")
@@ -171,11 +173,11 @@ class EditParams(_Sampling):
     """``POST /edit`` parameters (the image and mask travel as files or base64 next to these)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
-        {"class_id": 250, "strength": 0.6, "steps": 25, "cfg": 4.0, "region": "inside", "box": [64, 64, 192, 192],
+        {"class_id": 5, "strength": 0.6, "steps": 25, "cfg": 4.0, "region": "inside", "box": [64, 64, 192, 192],
          "seed": 0},
     ]})
 
-    class_id: ClassId = Field(description="target ImageNet class 0..999")
+    class_id: ClassId = Field(description="target class label 0..num_classes-1 (GET /models)")
     strength: SFloat = Field(0.6, ge=0.0, le=1.0, description="fraction of the time grid re-run (SDEdit); "
                              "0 returns the reconstruction, 1 starts from pure noise. Steps run = ceil(steps·s)")
     region: EditRegion = Field(EditRegion.inside, description="regenerate inside or outside the mask")
@@ -221,7 +223,7 @@ class ImagesResponse(BaseModel):
     """JSON answer of the image endpoints (``Accept: image/png`` gets raw PNG bytes instead)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "request_id": "3f2a…", "images": [{"png_base64": "iVBOR…", "seed": 0, "index": 0, "class_id": 207}],
+        "request_id": "3f2a…", "images": [{"png_base64": "iVBOR…", "seed": 0, "index": 0, "class_id": 7}],
         "seed": 0, "steps": 25, "nfe": 50, "timings": {"queue_s": 0.01, "sampling_s": 1.2, "decode_s": 0.05,
                                                        "total_s": 1.3}}]})
     request_id: str

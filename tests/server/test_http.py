@@ -69,7 +69,7 @@ def test_openapi_lists_every_endpoint_with_examples(client):
                  "/metrics"):
         assert path in spec["paths"], path
     schemas = spec["components"]["schemas"]
-    assert schemas["GenerateRequest"]["examples"][0]["class_id"] == 207
+    assert schemas["GenerateRequest"]["examples"][0]["class_id"] == 7  # valid for the 10-class demo model
     assert "multipart/form-data" in spec["paths"]["/edit"]["post"]["requestBody"]["content"]
     assert "EditJSON" in schemas and "ImageJSON" in schemas
 
