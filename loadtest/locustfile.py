@@ -38,6 +38,7 @@ GUIDANCE_MODES = ("constant", "cfg_star")
 SAMPLERS = ("euler", "euler", "heun")
 TIMESTEP_SHIFTS = (0.15, 0.15, 0.3)  # 0.15 is the paper's sampling default
 NUM_CLASSES = 1000  # ImageNet; replaced per user by GET /models' num_classes when the server reports it
+IMAGE_SIZE = 256  # upload side when --image-size is 0 and GET /models reports no image_size
 
 
 @events.init_command_line_parser.add_listener
@@ -47,7 +48,8 @@ def _add_options(parser) -> None:
     parser.add_argument("--shape-users", type=int, default=4, help="peak number of concurrent users")
     parser.add_argument("--shape-duration", default="20s", help="run length, e.g. 20s, 5m")
     parser.add_argument("--max-steps", type=int, default=25, help="largest sampling step count a request asks for")
-    parser.add_argument("--image-size", type=int, default=256, help="side in pixels of uploaded test images")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="side in pixels of uploaded test images (0: the model's image_size from GET /models)")
     parser.add_argument("--api-key", default=None, env_var="SVG_LOADTEST_API_KEY",
                         help="bearer token for a server started with --api-key (env SVG_LOADTEST_API_KEY)")
     parser.add_argument("--slo-max-fail-ratio", type=float, default=0.01, help="allowed failure ratio, 0..1")
@@ -83,16 +85,19 @@ class SVGUser(HttpUser):
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.max_steps = max(1, options.max_steps if options else 25)
-        size = options.image_size if options else 256
-        self.images = [_png(size, seed) for seed in range(4)]
-        self.masks = [_png(size, seed, mask=True) for seed in range(4)]
         if options is not None and options.api_key:
             self.client.headers["Authorization"] = f"Bearer {options.api_key}"
-        self.num_classes = NUM_CLASSES
+        self.num_classes, size = NUM_CLASSES, IMAGE_SIZE
         with self.client.get("/models", name="/models (start)", catch_response=True) as response:
             if response.status_code == 200:
-                self.num_classes = int(response.json().get("num_classes", NUM_CLASSES))
+                model = response.json()
+                self.num_classes = int(model.get("num_classes", NUM_CLASSES))
+                size = int(model.get("image_size", IMAGE_SIZE))
                 response.success()
+        if options is not None and options.image_size > 0:
+            size = options.image_size
+        self.images = [_png(size, seed) for seed in range(4)]
+        self.masks = [_png(size, seed, mask=True) for seed in range(4)]
 
     def _steps(self) -> int:
         return max(1, round(self.max_steps * random.choice(STEP_FRACTIONS)))

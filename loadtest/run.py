@@ -111,13 +111,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shape", default="steady", help="steady | burst | ramp | path to a shape .json")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--max-steps", type=int, default=25, help="largest step count a request asks for")
-    parser.add_argument("--image-size", type=int, default=256, help="side of uploaded test images, pixels")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="side of uploaded test images, pixels (0: the model's image_size from GET /models)")
     parser.add_argument("--max-fail-ratio", type=float, default=0.01, help="SLO: allowed failure ratio, 0..1")
     parser.add_argument("--max-p99-ms", type=float, default=30_000.0, help="SLO: allowed p99 latency, ms")
     parser.add_argument("--max-p95-ms", type=float, default=None, help="SLO: allowed p95 latency, ms (optional)")
     args = parser.parse_args(argv)
     if args.users < 1:
         parser.error(f"--users = {args.users} must be >= 1")
+    if args.image_size < 0:
+        parser.error(f"--image-size = {args.image_size} must be >= 0 (0: the model's own)")
     try:
         args.duration_s = parse_duration(args.duration)
         load_shape(args.shape)

@@ -205,3 +205,19 @@ def test_plain_locust_with_our_shape_writes_csv_and_exits_by_the_slo(tmp_path):
     check_csv_files(tmp_path, prefix="out")
     stats = read_stats(tmp_path / "out_stats.csv")
     assert stats.failures >= 1 and stats.fail_ratio < 0.5
+
+
+def test_users_take_class_labels_and_upload_size_from_the_model(tmp_path):
+    """Without --image-size the uploads are the model's image_size (GET /models), and class labels stay below its
+    num_classes (the demo: 10 classes, 32 px)."""
+    stub = StubServer(num_classes=10, image_size=48)
+    with stub as url:
+        command = [
+            sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+            "--host", url, "--shape-name", "steady", "--shape-users", "2", "--shape-duration", "6s",
+            "--max-steps", "2", "--only-summary",
+        ]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert stub.httpd.upload_sizes == {(48, 48)}
+    assert stub.httpd.generate_classes and max(stub.httpd.generate_classes) < 10
