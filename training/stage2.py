@@ -116,6 +116,11 @@ class Stage2Trainer:
         torch.manual_seed(seed)  # label dropout inside the model draws from the global RNG
         self.gen = torch.Generator(device=self.d.device).manual_seed(seed)  # noise and t
         self.step_count, self.skipped, self.consecutive_skips = 0, 0, 0
+        self.wall_before, self._t0 = 0.0, time.perf_counter()  # training seconds of earlier segments, this start
+
+    def elapsed(self) -> float:
+        """Training wall time in seconds over all resumed segments."""
+        return self.wall_before + time.perf_counter() - self._t0
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -123,7 +128,8 @@ class Stage2Trainer:
                 "ema_updates": self.ema.num_updates, "ema_decay": self.ema.decay,
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "step": self.step_count, "skipped": self.skipped, "config": asdict(self.cfg),
-                "sit_config": unwrap(self.model).config.to_dict(), "world": self.d.world}
+                "sit_config": unwrap(self.model).config.to_dict(), "world": self.d.world,
+                "wall_s": self.elapsed()}
 
     def save(self, path: str | Path) -> None:
         """Checkpoint with every rank's RNG state (gathered to rank 0, which writes)."""
@@ -151,6 +157,7 @@ class Stage2Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.step_count, self.skipped = ckpt["step"], ckpt["skipped"]
+        self.wall_before, self._t0 = float(ckpt.get("wall_s", 0.0)), time.perf_counter()
         set_rng_state(ckpt["rng"][self.d.rank], {"noise": self.gen})
         return True
 
@@ -286,7 +293,6 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Stage2Trainer(sit_cfg, cfg, d)
     if trainer.resume(out / "stage2_last.pt"):
         log.info("stage2: resumed at step %d", trainer.step_count)
-    t0 = time.perf_counter()
     dataset = build_dataset(a.data, ae.config.dino.img_size, "train")
     start_batch = trainer.step_count * cfg.accum
     if a.latents:
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     ema = train_stage2(trainer, batches, out)
     if d.main:
         export_sit(ema, model_dir, {"preset": a.preset, "train_steps": str(trainer.step_count)})
-        result = {"steps": trainer.step_count, "wall_s": round(time.perf_counter() - t0, 1),
+        result = {"steps": trainer.step_count, "wall_s": round(trainer.elapsed(), 1),
                   "skipped_steps": trainer.skipped}
         (out / "stage2_result.json").write_text(json.dumps(result, indent=2))
         log.info("stage2 done: %s", result)
