@@ -100,6 +100,13 @@ def write_model_card(model_dir: str | Path, results: dict, recipe: dict) -> Path
         *[f"* `{f}`: {_mb(model_dir / f)}" for f in files],
         f"* total {total:.2f} MB (limit 30 MB), safetensors with the config in the metadata (docs/ARCHITECTURE.md).",
         "",
+        "## Notes",
+        "* The SSL encoder's class token separates digits far better than at random init; on pooled patch tokens",
+        "  (what the latent holds) the two are within noise, so the short DINO run mostly shaped the class token.",
+        f"* Not in the total: the k-NN probe ({_fmt_s(ssl.get('probe_wall_s'))}) and the evaluation classifier's",
+        "  training, which ran at low priority beside stage 2. Stages that were resumed report summed wall time.",
+        "* 1,000 samples per row: accuracy differences below about 0.5 points are noise.",
+        "",
         "## Limits",
         "A demonstration model: 32×32 grey digits only; sample quality is judged by a classifier, not by FID.",
     ]
