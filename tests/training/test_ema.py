@@ -13,6 +13,7 @@ from training.common import EMA
 from training.stage2 import NonFiniteError
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")  # the spy wraps it
 def test_ema_updated_once_per_optimizer_step_after_step():
     data = micro_data()
     trainer = make_trainer(accum=4, ema_decay=0.5)
