@@ -110,38 +110,30 @@ def _check_bnc(x: torch.Tensor, per_batch: dict) -> None:
         raise ValueError(f"channel count C must be <= {MAX_ROW_BLOCK}; got {c}")
 
 
-def _launch_modulate(x, shift, scale, eps) -> torch.Tensor:
+def _launch_rows(kernel, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *scalars) -> torch.Tensor:
+    """Run a row-wise kernel over x (B, N, C) with two more operands ``a``, ``b`` (their real strides are passed):
+    ROWS rows of BLOCK_C (C padded to a power of two, tail lanes masked) per program."""
     bsz, n, c = x.shape
     out = torch.empty((bsz, n, c), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
     block_c = block_size(c, minimum=2)
-    warps = 4 if block_c <= 1024 else 8
     rows = _rows_per_program(block_c)
-    _adaln_modulate_kernel[(triton.cdiv(bsz * n, rows),)](
-        x, shift, scale, out, bsz * n, n, c,
-        *x.stride(), *shift.stride(), *scale.stride(),
-        float(eps), ROWS=rows, BLOCK_C=block_c, BF16_RTNE=interpreted() and x.dtype == torch.bfloat16,
-        num_warps=warps,
+    kernel[(triton.cdiv(bsz * n, rows),)](
+        x, a, b, out, bsz * n, n, c,
+        *x.stride(), *a.stride(), *b.stride(),
+        *scalars, ROWS=rows, BLOCK_C=block_c, BF16_RTNE=interpreted() and x.dtype == torch.bfloat16,
+        num_warps=4 if block_c <= 1024 else 8,
     )
     return out
+
+
+def _launch_modulate(x, shift, scale, eps) -> torch.Tensor:
+    return _launch_rows(_adaln_modulate_kernel, x, shift, scale, float(eps))
 
 
 def _launch_gated(x, gate, y) -> torch.Tensor:
-    bsz, n, c = x.shape
-    out = torch.empty((bsz, n, c), dtype=x.dtype, device=x.device)
-    if out.numel() == 0:
-        return out
-    block_c = block_size(c, minimum=2)
-    warps = 4 if block_c <= 1024 else 8
-    rows = _rows_per_program(block_c)
-    _gated_residual_kernel[(triton.cdiv(bsz * n, rows),)](
-        x, gate, y, out, bsz * n, n, c,
-        *x.stride(), *gate.stride(), *y.stride(),
-        ROWS=rows, BLOCK_C=block_c, BF16_RTNE=interpreted() and x.dtype == torch.bfloat16,
-        num_warps=warps,
-    )
-    return out
+    return _launch_rows(_gated_residual_kernel, x, gate, y)
 
 
 @torch.library.custom_op("svg_kernels::adaln_modulate", mutates_args=())
