@@ -8,7 +8,11 @@ unhealthy replicas.
 Health (cases T32, T33): Ray's default check only pings the actor. :meth:`SVGIngress.check_health` instead sends a
 tiny real request (``POST /generate``, one image, one step, no guidance) through the replica's own app, the same
 execution path as user traffic, with a timeout; a stuck worker or device fails it, and Ray replaces the replica.
-While the model is still loading (``/ready`` is 503) the check passes for ``startup_grace_s`` seconds. After a
+A replica does not finish starting until its model is loaded and warmed up: :class:`ReadyGate` holds the ASGI
+lifespan start-up (which Ray awaits before it marks the replica RUNNING and routes to it) until the worker is ready,
+so a new or replacement replica never receives user traffic, or answers ``/ready``, while it loads; a load failure
+fails the start-up and Ray retries the replica. Should the model still not be ready when a check runs (``/ready`` is
+503), the check passes for ``startup_grace_s`` seconds. After a
 failed check the replica's own ``GET /ready`` answers 503 (with the reason) until a check passes again, so a load
 balancer that polls replicas directly sees what Ray sees.
 
@@ -84,7 +88,7 @@ class ScaleConfig:
         need("probe_timeout_s", 0 < self.probe_timeout_s < self.health_check_timeout_s,
              f"0 < probe_timeout_s < health_check_timeout_s={self.health_check_timeout_s}")
         need("health_check_period_s", self.health_check_period_s > 0, "> 0")
-        need("startup_grace_s", self.startup_grace_s >= 0, ">= 0")
+        need("startup_grace_s", self.startup_grace_s > 0, "> 0")
 
 
 class ProbeFailed(RuntimeError):
@@ -135,16 +139,30 @@ class ReplicaHealth:
 
 
 class ReadyGate:
-    """ASGI middleware of a replica: ``GET /ready`` answers 503 while the replica's latest health check failed.
+    """ASGI middleware of a replica: holds start-up until the model is ready, and gates ``GET /ready`` on health.
 
-    The body has the server's ``/ready`` format, ``{"ready": false, "error": "health check failed: <reason>"}``,
-    with ``Retry-After: 2``; every other request, and ``/ready`` after a passing check, goes to the app unchanged.
+    Lifespan: the app's ``lifespan.startup.complete`` is passed on only once ``worker.ready`` is set (model loaded
+    and warmed up). Ray awaits that start-up before it marks the replica RUNNING, so no request reaches a replica
+    that is still loading. If loading fails, or takes longer than ``startup_timeout_s`` seconds, start-up fails
+    (``lifespan.startup.failed`` with the reason) and Ray starts the replica again.
+
+    HTTP: while the replica's latest health check failed, ``GET /ready`` answers 503 with the server's ``/ready``
+    format, ``{"ready": false, "error": "health check failed: <reason>"}``, and ``Retry-After: 2``; every other
+    request, and ``/ready`` after a passing check, goes to the app unchanged.
+
+    Args:
+        app: the server's ASGI app. health: the replica's :class:`ReplicaHealth`.
+        worker: the app's ``server.worker.Worker`` (``ready`` event, ``load_error``); None skips the start-up hold.
+        startup_timeout_s: the longest start-up hold, seconds.
     """
 
-    def __init__(self, app, health: ReplicaHealth) -> None:
-        self.app, self.health = app, health
+    def __init__(self, app, health: ReplicaHealth, worker=None, startup_timeout_s: float = 900.0) -> None:
+        self.app, self.health, self.worker, self.startup_timeout_s = app, health, worker, startup_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan" and self.worker is not None:
+            await self.app(scope, receive, self._hold_startup(send))
+            return
         failure = self.health.failure
         if failure is not None and scope["type"] == "http" and _app_path(scope) == "/ready":
             body = json.dumps({"ready": False, "error": f"health check failed: {failure}"}).encode()
@@ -154,6 +172,27 @@ class ReadyGate:
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+    def _hold_startup(self, send):
+        async def send_when_ready(message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                reason = await self._wait_for_model()
+                if reason is not None:
+                    message = {"type": "lifespan.startup.failed", "message": reason}
+            await send(message)
+
+        return send_when_ready
+
+    async def _wait_for_model(self) -> str | None:
+        """None once the worker is ready; else why start-up must fail (load error or timeout)."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.worker.ready.is_set():
+            if self.worker.load_error is not None:
+                return f"model load failed: {self.worker.load_error}"
+            if time.monotonic() > deadline:
+                return f"model not ready within startup_grace_s={self.startup_timeout_s} s"
+            await asyncio.sleep(0.05)
+        return None
 
 
 def _app_path(scope) -> str:
@@ -179,7 +218,8 @@ def _ingress_class():
             self.fault_injected = False  # set by the T32 test hook only
             # Inside a replica the app is reached through Ray's proxy, never through its own socket.
             self.svg_app = create_app(server_config)  # not `app`: the ingress wrapper owns that name
-            self.svg_app.add_middleware(ReadyGate, health=self.health)
+            self.svg_app.add_middleware(ReadyGate, health=self.health, worker=self.svg_app.state.worker,
+                                        startup_timeout_s=scale.startup_grace_s)
 
         def __serve_build_asgi_app__(self):
             return self.svg_app

@@ -78,6 +78,45 @@ def test_ready_gate_answers_503_only_while_the_last_health_check_failed():
     assert asyncio.run(get("/ready")).status_code == 200
 
 
+async def _run_lifespan(app, timeout_s: float = 120.0) -> list[tuple[str, str, bool]]:
+    """Drive an ASGI lifespan start-up then shut-down; returns (type, message, worker ready when sent) per message."""
+    inbox: asyncio.Queue = asyncio.Queue()
+    sent: list[tuple[str, str, bool]] = []
+    worker = app.worker
+
+    async def send(message) -> None:
+        sent.append((message["type"], message.get("message", ""), worker.ready.is_set()))
+
+    await inbox.put({"type": "lifespan.startup"})
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send))
+    deadline = time.monotonic() + timeout_s
+    while not sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, 60)
+    return sent
+
+
+def test_replica_start_up_waits_for_the_model_and_fails_on_a_load_error(tiny_model_dir, tmp_path):
+    """Ray routes to a replica once its ASGI start-up completes, so start-up must wait for the real worker to load
+    (a loading replica would answer user requests 503); a broken checkpoint must fail start-up, not hang it."""
+    import shutil
+
+    from server.app import create_app
+
+    app = create_app(ServerConfig(model_dir=tiny_model_dir, device="cpu", warmup=False))
+    sent = asyncio.run(_run_lifespan(ReadyGate(app, ReplicaHealth(), worker=app.state.worker)))
+    assert sent[0] == ("lifespan.startup.complete", "", True), sent
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "sit.safetensors").write_bytes(b"not a safetensors file")
+    app = create_app(ServerConfig(model_dir=broken, device="cpu", warmup=False))
+    sent = asyncio.run(_run_lifespan(ReadyGate(app, ReplicaHealth(), worker=app.state.worker)))
+    assert sent[0][0] == "lifespan.startup.failed" and sent[0][1].startswith("model load failed: "), sent
+    assert sent[0][2] is False
+
+
 def test_the_fault_hook_is_not_a_command_line_flag():
     from ops.ray_serve import parse_args
 
@@ -205,4 +244,7 @@ def test_a_replica_failing_its_health_check_is_marked_unhealthy_and_replaced(ray
     assert len(before - after) == 1 and len(after - before) == 1, f"{before} -> {after}; {history}"
     final = serve.status().applications["svg"]
     assert final.status == "RUNNING" and final.deployments["SVGIngress"].status == "HEALTHY", history
-    assert _ready_status(ray_url)[0] == 200
+    # The replacement only turned RUNNING after its model loaded (ReadyGate holds start-up), so every replica that
+    # Ray routes to is ready now: no 503 "loading" from the new one.
+    answers = [_ready_status(ray_url) for _ in range(10)]
+    assert all(code == 200 for code, _ in answers), answers
