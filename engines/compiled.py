@@ -10,6 +10,10 @@ Design (gpt-fast style: compile at the call site, report compile time apart from
 * CUDA graphs (``mode="reduce-overhead"``, CUDA-graph trees) on GPU: the outputs live in the graph's memory pool and
   the next replay overwrites them, so every call returns a clone the caller owns (the aliasing hazard in issue 6).
   All buckets share one pool, so graph memory grows with the largest bucket, not the sum (case T20).
+* Inputs are staged: every call copies its arguments into fresh contiguous buffers of the bucket's row count, with
+  the dtypes of the warm-up example. Dynamo guards each static graph on the exact sizes, strides and dtypes it was
+  traced with, so a transposed view (the decoder's latent from ``svg.latent.to_latent``), a strided or offset slice
+  of a bigger batch, or an exact bucket size that skipped padding would otherwise recompile after /ready (B30).
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class CompiledEngine(Engine):
         self.mode = mode
         self.bucket_seconds: dict[int, tuple[float, float]] = {}
         self._compiled = None
+        # (shape without the row dimension, dtype) of each warm-up argument: the layout every call is staged into.
+        self._signature: list[tuple[tuple[int, ...], torch.dtype]] | None = None
 
     def build(self) -> "CompiledEngine":
         """Wrap the forward in ``torch.compile`` (lazy: graphs are compiled per bucket in :meth:`warmup`)."""
@@ -126,6 +132,7 @@ class CompiledEngine(Engine):
             raise EngineError("warmup of a compiled engine needs one-row example inputs (example=...)")
         if self._compiled is None:
             self.build()
+        self._signature = [(tuple(e.shape[1:]), e.dtype) for e in example]
         # One eager call first: modules that initialise global state lazily (e.g. svg.attention's backend choice)
         # would otherwise change a guarded global during the first trace and force a recompile of bucket 1.
         with torch.no_grad():
@@ -148,23 +155,48 @@ class CompiledEngine(Engine):
 
     @torch.no_grad()
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        """Pad rows to the bucket, run the compiled graph, return the first ``rows`` rows as float32 (a copy)."""
+        """Stage the rows into the bucket's buffers, run the compiled graph, return ``rows`` rows as float32 (a copy).
+
+        Raises:
+            EngineError: more rows than the largest bucket; after warm-up, a different argument count, an argument
+                whose shape beyond dim 0 differs from the warm-up example, or a float/integer dtype mix-up.
+        """
         if self._compiled is None:
             self.build()
         rows = self._check_rows(args)
-        size = self.padded_rows(rows)
-        padded = []
-        for arg in args:
-            arg = arg.to(self.device)
-            if size > rows:  # pad with zeros: t = 0, class 0, a zero latent are all valid inputs
-                arg = torch.cat([arg, arg.new_zeros((size - rows, *arg.shape[1:]))])
-            padded.append(arg)
+        staged = self._stage(args, rows, self.padded_rows(rows))
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
             # The graph pool output is overwritten by the next replay: hand back a copy the caller owns.
-            return self._compiled(*padded)[:rows].clone()
-        out = self._compiled(*padded)
-        return out if size == rows else out[:rows]
+            return self._compiled(*staged)[:rows].clone()
+        out = self._compiled(*staged)
+        return out if out.shape[0] == rows else out[:rows]
+
+    def _stage(self, args: Sequence[torch.Tensor], rows: int, size: int) -> list[torch.Tensor]:
+        """Copy each argument into a fresh contiguous ``(size, ...)`` buffer on the engine's device.
+
+        The buffer has the warm-up dtype (a float stays a float, an integer an integer: ``t`` as float64 or ``y``
+        as int32 are cast, never reinterpreted) and zeros in the padding rows (t = 0, class 0 and a zero latent
+        are all valid inputs). One copy of the inputs per call is small next to the forward, and it makes the
+        graph's input layout independent of the caller's (B30).
+        """
+        signature = self._signature
+        if signature is not None and len(args) != len(signature):
+            raise EngineError(f"this engine was warmed up with {len(signature)} arguments; got {len(args)}")
+        staged = []
+        for index, arg in enumerate(args):
+            shape, dtype = (tuple(arg.shape[1:]), arg.dtype) if signature is None else signature[index]
+            if tuple(arg.shape[1:]) != shape:
+                raise EngineError(f"argument {index} has shape {tuple(arg.shape)}; this engine was warmed up for "
+                                  f"({', '.join(['R', *map(str, shape)])}) and would have to recompile")
+            if arg.dtype.is_floating_point != dtype.is_floating_point:
+                raise EngineError(f"argument {index} has dtype {arg.dtype}; this engine was warmed up with {dtype}")
+            buffer = torch.empty((size, *shape), dtype=dtype, device=self.device)
+            buffer[:rows].copy_(arg)
+            if size > rows:
+                buffer[rows:].zero_()
+            staged.append(buffer)
+        return staged
 
     def close(self) -> None:
         """Drop the compiled callable (dynamo's global cache is left to other engines)."""
