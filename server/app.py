@@ -31,14 +31,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from server.config import ServerConfig
 from server.images import ImageTooLarge, InvalidImage
 from server.metrics import ServerMetrics, endpoint_label
 from server.scheduler import QueueFull
-from server.schemas import LimitError, class_allowed, json_safe, validation_detail
+from server.schemas import LimitError, allowed_text, json_safe, validation_detail
 from server.worker import NotReady, RequestFailed, Worker
 
 log = logging.getLogger("svg.server")
@@ -158,8 +159,12 @@ def _request_id(request: Request) -> str:
 def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
+        from server.routes import body_fields
+
         detail, seen = [], set()
+        cfg = request.app.state.cfg
         model = getattr(request.app.state.worker, "model", None)
+        num_classes = model.num_classes if model is not None else None
         for err in exc.errors():
             if err.get("type") == "json_invalid":  # loc is ("body", byte offset): name the body, quote the offset
                 pos = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), None)
@@ -177,10 +182,14 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
             value = err.get("input")
             if isinstance(value, dict):
                 value = None if field != "body" else "<object>"
-            allowed = None
-            if field.split(".")[0] == "class_id" and model is not None:
-                allowed = class_allowed(model.num_classes)
-            detail.append(validation_detail(field, value, err.get("msg", "invalid"), allowed))
+            unknown = err.get("type") == "extra_forbidden"
+            allowed = allowed_text(field, max_steps=cfg.max_steps, max_images=cfg.max_images,
+                                   num_classes=num_classes, fields=body_fields(request) if unknown else None)
+            msg = err.get("msg", "invalid")
+            if field.split(".")[0] == "class_id" and num_classes is not None and err.get("type") in (
+                    "less_than_equal", "greater_than_equal"):
+                msg = f"outside 0..{num_classes - 1}"  # the model's range, not the schema's 0..999
+            detail.append(validation_detail(field, value, msg, allowed))
         return ErrorJSONResponse(error_body("validation_error", _request_id(request), detail), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -219,6 +228,12 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
             metrics.rejections_total.labels(reason="not_ready").inc()
         return ErrorJSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
                             headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_disconnect(request: Request, exc: ClientDisconnect):
+        # The client went away while sending its body: nobody reads this answer; it is counted as 499, not 500.
+        log.info("client disconnected during the upload, request_id=%s", _request_id(request))
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception):

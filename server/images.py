@@ -35,13 +35,15 @@ class ImageTooLarge(ValueError):
     """The header declares more pixels than allowed (decompression-bomb guard)."""
 
 
-def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int, field: str = "image",
+                 background: tuple[int, int, int] = BACKGROUND_RGB) -> np.ndarray:
     """Decode uploaded bytes to an RGB image.
 
     Args:
         data: the raw file bytes.
         max_pixels: refuse images whose header declares more than this many pixels.
         field: the request field name, quoted in errors.
+        background: RGB that transparent pixels are composited onto (mid grey for images; black for masks).
 
     Returns:
         ``(H, W, 3)`` uint8 array.
@@ -63,7 +65,7 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> np.nd
                 raise InvalidImage(f"{field}: invalid image size {w}x{h}")
             img.load()  # full decode; raises OSError on truncated data
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(img, background)
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -79,7 +81,7 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> np.nd
         raise InvalidImage(f"{field}: invalid image ({exc})") from None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def _to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND_RGB) -> np.ndarray:
     """Normalise any PIL mode to (H, W, 3) uint8 (see the module docstring)."""
     mode = img.mode
     if mode == "P":
@@ -98,7 +100,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA")
     if img.mode in ("LA", "RGBA"):
         rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, BACKGROUND_RGB + (255,))
+        bg = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         img = Image.alpha_composite(bg, rgba)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
@@ -121,25 +123,44 @@ def to_model_resolution(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def decode_mask(data: bytes, *, max_pixels: int, size: int) -> np.ndarray:
-    """Decode a mask image to ``(size, size)`` float32 in [0, 1] (1 = region), with the same crop as the image."""
-    rgb = decode_image(data, max_pixels=max_pixels, field="mask")
+def decode_mask(data: bytes, *, max_pixels: int, size: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """Decode a mask image to ``(size, size)`` float32 in [0, 1] (1 = region), with the same crop as the image.
+
+    White is the region; transparent pixels count as black (outside the region), so a fully transparent mask
+    selects nothing. The mask must have the image's size, so the two line up after the shared resize/crop.
+
+    Args:
+        data: the uploaded bytes. max_pixels: decompression-bomb limit. size: model resolution in pixels.
+        image_hw: ``(H, W)`` of the decoded input image (after EXIF orientation).
+
+    Raises:
+        InvalidImage / ImageTooLarge: as :func:`decode_image`. MaskSizeMismatch: the mask is not ``W×H``.
+    """
+    rgb = decode_image(data, max_pixels=max_pixels, field="mask", background=(0, 0, 0))
+    if rgb.shape[:2] != tuple(image_hw):
+        h, w = image_hw
+        raise MaskSizeMismatch(f"the mask is {rgb.shape[1]}x{rgb.shape[0]} but the image is {w}x{h}; "
+                               f"send a {w}x{h} mask (or a box)")
     return to_model_resolution(rgb, size).astype(np.float32).mean(axis=2) / 255.0
+
+
+class MaskSizeMismatch(ValueError):
+    """The mask image's size differs from the input image's (``POST /edit`` answers 422 naming both sizes)."""
 
 
 def box_mask(box: list[int], image_hw: tuple[int, int], size: int) -> np.ndarray:
     """A rectangular mask ``[x0, y0, x1, y1]`` in input pixels, mapped through the same resize/crop.
 
     Raises:
-        ValueError: an empty or inverted box, or one entirely outside the image, naming the value, the image
-            size and the allowed range.
+        ValueError: an empty or inverted box, or one entirely outside the image, naming the image size and the
+            allowed range (the caller's 422 adds the value).
     """
     h, w = image_hw
     x0, y0, x1, y1 = box
     if not (0 <= x0 < x1 and 0 <= y0 < y1):
-        raise ValueError(f"box={box}: need 0 <= x0 < x1 and 0 <= y0 < y1 (image is {w}x{h})")
+        raise ValueError(f"need 0 <= x0 < x1 and 0 <= y0 < y1 (image is {w}x{h})")
     if x0 >= w or y0 >= h:
-        raise ValueError(f"box={box} lies entirely outside the {w}x{h} image; need x0 < {w} and y0 < {h}")
+        raise ValueError(f"lies entirely outside the {w}x{h} image; need x0 < {w} and y0 < {h}")
     canvas = np.zeros((h, w, 3), dtype=np.uint8)
     canvas[min(y0, h):min(y1, h), min(x0, w):min(x1, w)] = 255
     return to_model_resolution(canvas, size).astype(np.float32).mean(axis=2) / 255.0

@@ -10,11 +10,13 @@ import io
 import json
 import re
 import secrets
+import sys
 import time
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -22,15 +24,81 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.images import InvalidImage, box_mask, decode_image, decode_mask, encode_png, to_model_resolution
+from server.images import (
+    InvalidImage, MaskSizeMismatch, box_mask, decode_image, decode_mask, encode_png, to_model_resolution,
+)
 from server.schemas import (
     EditJSON, EditParams, EncodeParams, ErrorResponse, FeatureFormat, GenerateRequest, GuidanceModeName, ImageJSON,
-    ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, check_limits, class_allowed, validation_detail,
+    ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, ReconstructJSON, ReconstructParams, check_limits,
+    class_allowed, validation_detail,
 )
 from server.worker import Cancelled, NonFiniteOutput, NotReady, RequestFailed, RowSpec, SampleJob
 
-router = APIRouter()
+JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+def _load_json(raw: bytes):
+    """Parse a JSON body; every way it can fail is a 422 naming ``body`` (never FastAPI's bare 400, never a 500).
+
+    Raises:
+        LimitError: invalid JSON (with the position), not UTF-8, an integer literal over Python's 4300-digit limit,
+            or nesting too deep for the parser.
+    """
+    def bad(allowed: str, msg: str) -> LimitError:
+        return LimitError([{"field": "body", "value": None, "allowed": allowed, "msg": msg}])
+
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise bad("a JSON object", f"invalid JSON at position {exc.pos}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise bad("a JSON object (UTF-8)", f"invalid JSON at position {exc.start}: not UTF-8") from None
+    except RecursionError:
+        raise bad("a JSON object nested at most a few hundred levels", "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer literal longer than sys.get_int_max_str_digits()
+        limit = sys.get_int_max_str_digits()
+        why = f"an integer literal has more than {limit} digits" if "digits" in str(exc) else str(exc)
+        raise bad(f"a JSON object with integers of at most {limit} digits", f"invalid JSON: {why}") from None
+
+
+def _check_json_content_type(request: Request) -> None:
+    """415 for a body sent without a JSON ``Content-Type``, naming the type that came."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not ctype:
+        raise StarletteHTTPException(415, "Content-Type is missing; send the body as application/json")
+    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+        raise StarletteHTTPException(415, f"Content-Type {ctype!r} is not supported here; send application/json")
+
+
+class JSONBodyRoute(APIRoute):
+    """An API route whose JSON body model is read with :func:`_load_json`'s rules before FastAPI validates it.
+
+    FastAPI answers some unparseable bodies (not UTF-8, a 5000-digit integer, deep nesting) with a bare 400, and a
+    JSON body sent as ``text/plain`` or without a ``Content-Type`` with a confusing "valid dictionary" 422; these
+    routes answer 422 naming ``body`` and 415 naming the content type instead. Routes without a body model are
+    unchanged.
+    """
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def checked(request: Request):
+            raw = await request.body()  # cached on the request: FastAPI's own parse reads it again
+            if raw.strip():
+                _check_json_content_type(request)
+            _load_json(raw)
+            return await handler(request)
+
+        return checked
+
+
+router = APIRouter(route_class=JSONBodyRoute)
 MASK_BLUR_PX = 8.0  # Gaussian sigma (pixels at model resolution) softening edit masks; ~half a 16 px token
 
 _ERROR_TEXT = {
@@ -190,18 +258,23 @@ async def _images_response(request: Request, job: SampleJob, *, png: bool, seed:
 def _parse_json(model_cls: type[BaseModel], raw: bytes) -> BaseModel:
     """Validate a JSON body; an empty body validates as ``{}`` so the 422 names the missing required fields.
     NaN/Infinity/1e999 parse to non-finite floats and are refused by the models (``allow_inf_nan=False``)."""
-    try:
-        data = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise LimitError([{"field": "body", "value": None, "allowed": "a JSON object",
-                           "msg": f"invalid JSON at position {exc.pos}: {exc.msg}"}]) from None
-    except UnicodeDecodeError as exc:
-        raise LimitError([{"field": "body", "value": None, "allowed": "a JSON object (UTF-8)",
-                           "msg": f"invalid JSON at position {exc.start}: not UTF-8"}]) from None
+    data = _load_json(raw)
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+_BODY_MODELS: dict[str, type[BaseModel]] = {
+    "/generate": GenerateRequest, "/interpolate": InterpolateRequest, "/edit": EditJSON, "/encode": ImageJSON,
+    "/reconstruct": ReconstructJSON,
+}
+
+
+def body_fields(request: Request) -> list[str] | None:
+    """The field names a request to this route may send (JSON form), or None for a route without a body."""
+    model = _BODY_MODELS.get(getattr(request.scope.get("route"), "path", ""))
+    return list(model.model_fields) if model is not None else None
 
 
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -234,7 +307,12 @@ async def _read_upload(request: Request, json_cls: type[BaseModel], form_cls: ty
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=4, max_fields=32)
         payload = {}
+        seen: set[str] = set()
         for key, value in form.multi_items():
+            if key in seen:  # never let a second part silently replace the first
+                raise LimitError([validation_detail(key, None, "given more than once in the multipart body",
+                                                    "one part per field")])
+            seen.add(key)
             if isinstance(value, UploadFile):
                 files[key] = await value.read()  # only bytes go further, never the spooled file (B23)
             else:
@@ -277,6 +355,7 @@ async def _decode_to_model(data: bytes, cfg, size: int, field: str = "image") ->
 
 # -- endpoints ---------------------------------------------------------------------------------------------------
 @router.get("/health", summary="Liveness: answers while the model loads")
+@router.head("/health", include_in_schema=False)
 async def health(request: Request):
     _, worker, _ = _state(request)
     if worker.load_error is not None:
@@ -284,6 +363,7 @@ async def health(request: Request):
     return {"status": "ready" if worker.ready.is_set() else "loading"}
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get("/ready", summary="Readiness: 200 once the model is loaded and warmed up, else 503",
             responses={503: {"description": "loading or failed"}})
 async def ready(request: Request):
@@ -353,19 +433,21 @@ async def interpolate(req: InterpolateRequest, request: Request):
     return await _images_response(request, job, png=png, seed=req.seed_a, params=req.model_dump(mode="json"))
 
 
-_UPLOAD_DOC = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/ImageJSON"}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"},
-        "format": {"type": "string", "enum": [f.value for f in FeatureFormat]}}}},
-    **_RAW_IMAGE_BODY}}}
+def _upload_doc(json_model: type[BaseModel], fields: dict[str, dict]) -> dict:
+    """OpenAPI request body of an upload endpoint: JSON (base64), multipart, or a raw image body."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary"}, **fields}}},
+        **_RAW_IMAGE_BODY}}}
 
 
-async def _encode_common(request: Request, offered: tuple[str, ...]):
+async def _encode_common(request: Request, offered: tuple[str, ...], json_cls: type[BaseModel],
+                         form_cls: type[BaseModel]):
     cfg, worker, _ = _state(request)
     m = _model(worker)
     _check_accept(request, offered)
-    params, files = await _read_upload(request, ImageJSON, EncodeParams)
+    params, files = await _read_upload(request, json_cls, form_cls)
     rgb, _ = await _decode_to_model(files["image"], cfg, m.image_size)
     return cfg, worker, m, params, rgb
 
@@ -377,9 +459,10 @@ async def _encode_common(request: Request, offered: tuple[str, ...]):
                  "application/json": {"example": {"request_id": "3f2a9c0d5e6b4a7f8c1d2e3f4a5b6c7d",
                                                   "shape": [36, 8, 8], "dtype": "float32",
                                                   "features": [[[0.12, -0.5, "..."]]]}}}}},
-             openapi_extra=_UPLOAD_DOC)
+             openapi_extra=_upload_doc(ImageJSON, {"format": {"type": "string",
+                                                             "enum": [f.value for f in FeatureFormat]}}))
 async def encode(request: Request):
-    cfg, worker, m, params, rgb = await _encode_common(request, FEATURE_TYPES)
+    cfg, worker, m, params, rgb = await _encode_common(request, FEATURE_TYPES, ImageJSON, EncodeParams)
     latent = await _await(request, worker, worker.run_device(lambda mm: mm.encode_images(rgb[None]).cpu()), None)
     feats = latent[0].numpy().astype(np.float32)  # (C, h, w)
     _finite_or_raise(feats)
@@ -406,9 +489,9 @@ def _accepts_json_only(request: Request) -> bool:
 
 
 @router.post("/reconstruct", summary="Image -> encode -> decode -> image", response_model=ImagesResponse,
-             responses={**_ERRORS, **_IMAGE_OUT}, openapi_extra=_UPLOAD_DOC)
+             responses={**_ERRORS, **_IMAGE_OUT}, openapi_extra=_upload_doc(ReconstructJSON, {}))
 async def reconstruct(request: Request):
-    cfg, worker, m, params, rgb = await _encode_common(request, IMAGE_TYPES)
+    cfg, worker, m, params, rgb = await _encode_common(request, IMAGE_TYPES, ReconstructJSON, ReconstructParams)
     png = _wants_png(request)
     t0 = time.monotonic()
 
@@ -449,8 +532,12 @@ async def edit(request: Request):
         raise LimitError([validation_detail("box", params.box, "give either a mask image or a box, not both")])
     rgb, hw = await _decode_to_model(files["image"], cfg, m.image_size)
     if "mask" in files:
-        mask = await run_in_threadpool(decode_mask, files["mask"], max_pixels=cfg.max_upload_pixels,
-                                       size=m.image_size)
+        try:
+            mask = await run_in_threadpool(decode_mask, files["mask"], max_pixels=cfg.max_upload_pixels,
+                                           size=m.image_size, image_hw=hw)
+        except MaskSizeMismatch as exc:
+            raise LimitError([validation_detail("mask", None, str(exc), f"a {hw[1]}x{hw[0]} image (white = region)")
+                              ]) from None
     elif params.box is not None:
         try:
             mask = box_mask(params.box, hw, m.image_size)
@@ -488,7 +575,7 @@ def install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ImageJSON, EditJSON, EditParams):
+        for model in (ImageJSON, ReconstructJSON, EditJSON, EditParams):
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(js.pop("$defs", {}))
             comps[model.__name__] = js

@@ -17,7 +17,7 @@ import math
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from server.config import DEFAULT_STEPS
 
@@ -126,12 +126,6 @@ class GenerateRequest(_Sampling):
             raise ValueError("class_id list is empty")
         return v
 
-    @model_validator(mode="after")
-    def _count(self):
-        if isinstance(self.class_id, list) and self.num_images is not None and self.num_images != len(self.class_id):
-            raise ValueError(f"num_images={self.num_images} differs from len(class_id)={len(self.class_id)}")
-        return self
-
     def class_ids(self) -> list[int]:
         """One class per image."""
         if isinstance(self.class_id, list):
@@ -154,12 +148,6 @@ class InterpolateRequest(_Sampling):
     t: list[Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]] | None = Field(
         None, min_length=1, description="explicit mixing ratios in [0, 1] (instead of num_points)")
     mode: InterpMode = Field(InterpMode.slerp, description="lerp or slerp of the initial noise")
-
-    @model_validator(mode="after")
-    def _points(self):
-        if self.num_points is not None and self.t is not None:
-            raise ValueError("give either num_points or t, not both")
-        return self
 
     def ratios(self) -> list[float]:
         """The mixing ratios, in request order (default 5 evenly spaced points)."""
@@ -193,15 +181,28 @@ class EditJSON(EditParams):
     mask: str | None = Field(None, description="base64 mask image (white = region), or use box")
 
 
-class EncodeParams(BaseModel):
-    """Multipart fields of ``POST /encode`` and ``POST /reconstruct`` (the image is the file part ``image``)."""
+class ReconstructParams(BaseModel):
+    """Multipart / query fields of ``POST /reconstruct``: none (the image is the file part ``image``)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ReconstructJSON(ReconstructParams):
+    """JSON form of ``POST /reconstruct``."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{
+        "image": "<base64 PNG>"}]})
+    image: str = Field(description="base64 image")
+
+
+class EncodeParams(ReconstructParams):
+    """Multipart / query fields of ``POST /encode`` (the image is the file part ``image``)."""
+
     format: FeatureFormat = Field(FeatureFormat.npy, description="/encode output format")
 
 
 class ImageJSON(EncodeParams):
-    """JSON form of ``POST /encode`` and ``POST /reconstruct``."""
+    """JSON form of ``POST /encode``."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{
         "image": "<base64 PNG>", "format": "json"}]})
@@ -300,6 +301,24 @@ def validation_detail(field: str, value: Any, msg: str, allowed: str | None = No
             "msg": f"{field}={shown}: {msg}"}
 
 
+def allowed_text(field: str, *, max_steps: int, max_images: int, num_classes: int | None = None,
+                 fields: list[str] | None = None) -> str:
+    """The ``allowed`` text of a 422 for ``field`` with this server's limits filled in.
+
+    Args:
+        field: dotted field name (its first part is looked up in :data:`ALLOWED`). max_steps/max_images: the server
+            configuration's limits. num_classes: the served model's class count (None: not loaded yet).
+        fields: the request's field names, quoted for a field that is not one of them.
+    """
+    root = field.split(".")[0]
+    if fields is not None and root not in fields:
+        return "not a field of this request; fields: " + ", ".join(fields)
+    if root == "class_id" and num_classes is not None:
+        return class_allowed(num_classes)
+    text = ALLOWED.get(root, "")
+    return text.replace("max_steps", str(max_steps)).replace("max_images", str(max_images))
+
+
 def class_allowed(num_classes: int) -> str:
     """The ``allowed`` text of ``class_id`` for a model with ``num_classes`` class labels."""
     return f"an integer 0..{num_classes - 1} or a non-empty list of them"
@@ -317,9 +336,18 @@ def check_limits(req: BaseModel, *, max_images: int, max_steps: int) -> None:
     """Check the limits that come from the server configuration.
 
     Raises:
-        LimitError: ``steps`` above ``max_steps`` or the image count above ``max_images``.
+        LimitError: ``steps`` above ``max_steps``, the image count above ``max_images``, ``num_images`` that
+            differs from ``len(class_id)``, or ``num_points`` given together with ``t``.
     """
     errors = []
+    if isinstance(req, GenerateRequest) and isinstance(req.class_id, list) and req.num_images is not None \
+            and req.num_images != len(req.class_id):
+        errors.append(validation_detail("num_images", req.num_images,
+                                        f"differs from len(class_id)={len(req.class_id)}",
+                                        f"omitted, or equal to len(class_id)={len(req.class_id)}"))
+    if isinstance(req, InterpolateRequest) and req.num_points is not None and req.t is not None:
+        errors.append(validation_detail("num_points", req.num_points, "given together with t",
+                                        "omitted when t is given (give either num_points or t)"))
     steps = getattr(req, "steps", None)
     if steps is not None and steps > max_steps:
         errors.append(validation_detail("steps", steps, f"above max_steps={max_steps}; allowed 1..{max_steps}"))

@@ -76,7 +76,12 @@ def shift_time(t: torch.Tensor | float, s: float) -> torch.Tensor | float:
     """
     if s <= 0:
         return t
-    return s * t / (1 + (s - 1) * t)
+    den = 1 + (s - 1) * t
+    # For a tiny s (1e-20) the denominator cancels to 0 at t = 1 (s − 1 rounds to −1) and the formula gives 0/0;
+    # the exact value there is s/s = 1. Elsewhere the reference's own expression, so the grid stays bit-identical.
+    if isinstance(den, torch.Tensor):
+        return torch.where(den == 0, torch.ones_like(t), s * t / den)
+    return 1.0 if den == 0 else s * t / den
 
 
 def time_grid(steps: int, shift: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -93,7 +98,11 @@ def time_grid(steps: int, shift: float, dtype: torch.dtype = torch.float32) -> t
     if not math.isfinite(shift):
         raise _invalid("shift", shift, "a finite number (<= 0 means no shift)")
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)
-    return shift_time(u.double(), shift).to(dtype)
+    grid = shift_time(u.double(), shift).clamp_(0.0, 1.0)
+    # For s below ~1e-9, 1 + (s − 1)·t loses s to cancellation and the last entry drifts off 1 (1.0008 at s = 1e-14);
+    # the grid must end at the data exactly. For ordinary s this changes nothing (the value is already 1 in float32).
+    grid[-1] = 1.0
+    return grid.to(dtype)
 
 
 def _check_steps(steps: int) -> None:

@@ -57,6 +57,16 @@ def test_shift_is_identity_for_non_positive_s_and_ends_are_exact():
     assert abs(float(grid[-2]) - 0.7826) < 5e-5
 
 
+@pytest.mark.parametrize("s", [1e-300, 1e-20, 1e-16, 1e-14, 1e-12, 1e-8, 1e-3])
+def test_tiny_shifts_keep_the_grid_finite_and_end_at_one(s):
+    """For tiny s, 1 + (s − 1)·t cancels: 0/0 at t = 1 for s < 1e-16, and 1.0008 or 0.90 instead of 1 around
+    1e-14. The grid must stay finite, inside [0, 1], non-decreasing, and end at exactly 1."""
+    grid = time_grid(25, s)
+    assert bool(grid.isfinite().all()) and grid[0] == 0.0 and grid[-1] == 1.0, grid
+    assert bool((grid.diff() >= 0).all()) and float(grid.max()) == 1.0
+    assert shift_time(1.0, 1e-20) == 1.0 and float(shift_time(torch.ones(3, dtype=torch.float64), 1e-20).min()) == 1
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1001, 2.5, True])
 def test_time_grid_rejects_bad_step_counts(bad):
     with pytest.raises(ValueError, match="steps"):
