@@ -47,7 +47,8 @@ log = logging.getLogger("engines.bench")
 RUNGS = ("reference-loop", "eager-fp32", "eager-bf16", "compile", "compile+triton", "compile+cudagraphs", "tensorrt")
 SVG_XL_TFLOP_PER_IMAGE = 11.86  # 25 Euler steps with guidance, transformer only (issue 6, serving.md §6)
 BF16_PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}  # dense BF16
-AE_FOR_SIT = {"tiny": "tiny", "demo": "demo", "SVG-XL": "svg-ae"}
+# every released SVG-{B,L,XL,XXL} SiT runs on the one SVG autoencoder latent (paper §4)
+AE_FOR_SIT = {"tiny": "tiny", "demo": "demo", **{f"SVG-{size}": "svg-ae" for size in ("B", "L", "XL", "XXL")}}
 
 
 @dataclass
@@ -315,17 +316,25 @@ def write_csv(rows: list[Row], path: Path, append: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """CLI: ``python -m engines.bench [--gpu] [--preset P] [--batches 1,4] ...``; bad arguments exit 2 with one line."""
+    from svg.cli import choice_list_type, float_type, int_list_type, int_type
+    from svg.config import SIT_PRESETS
+    from svg.sampling import MAX_GUIDANCE_SCALE, MAX_STEPS
+
+    parser = argparse.ArgumentParser(prog="python -m engines.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="GPU check: SVG-XL, batches 1,16,64,256 on CUDA")
-    parser.add_argument("--preset", default=None, help="SiT preset (default tiny; SVG-XL with --gpu)")
-    parser.add_argument("--batches", default=None, help="comma-separated images per batch (default 1,4)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--shift", type=float, default=0.15)
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5 CPU, 10 GPU)")
-    parser.add_argument("--rungs", default=",".join(RUNGS), help=f"subset of {','.join(RUNGS)}")
+    parser.add_argument("--preset", default=None, choices=sorted(SIT_PRESETS),
+                        help="SiT preset (default tiny; SVG-XL with --gpu)")
+    parser.add_argument("--batches", type=int_list_type(1, 4096), default=None,
+                        help="comma-separated images per batch, each in [1, 4096] (default 1,4)")
+    parser.add_argument("--steps", type=int_type(1, MAX_STEPS), default=25, help=f"Euler steps in [1, {MAX_STEPS}]")
+    parser.add_argument("--guidance-scale", type=float_type(0.0, MAX_GUIDANCE_SCALE), default=4.0)
+    parser.add_argument("--shift", type=float_type(), default=0.15, help="timestep shift (<= 0: none)")
+    parser.add_argument("--repeats", type=int_type(1), default=None, help="timed runs per row (default 5 CPU, 10 GPU)")
+    parser.add_argument("--rungs", type=choice_list_type(RUNGS), default=list(RUNGS),
+                        help=f"subset of {','.join(RUNGS)}")
     parser.add_argument("--decode", action="store_true", help="include the decoder in the timed run")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=int_type(1), default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared machine)")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/engines_{cpu,gpu}.csv)")
     parser.add_argument("--append", action="store_true", help="append to the CSV instead of overwriting")
@@ -337,11 +346,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.gpu else "cpu")
     preset = args.preset or ("SVG-XL" if args.gpu else "tiny")
-    batches = [int(b) for b in (args.batches or ("1,16,64,256" if args.gpu else "1,4")).split(",")]
-    rungs = [r for r in args.rungs.split(",") if r]
-    unknown = [r for r in rungs if r not in RUNGS]
-    if unknown:
-        parser.error(f"--rungs: unknown {unknown}; allowed: {list(RUNGS)}")
+    batches = args.batches or ([1, 16, 64, 256] if args.gpu else [1, 4])
+    rungs = list(args.rungs)
     if "eager-fp32" in rungs:  # the quality baseline must run before the rungs compared with it
         rungs.remove("eager-fp32")
         rungs.insert(0, "eager-fp32")

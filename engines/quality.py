@@ -108,17 +108,26 @@ def main(argv: list[str] | None = None) -> None:
     import json
     import logging
 
-    parser = argparse.ArgumentParser(description="Demo-model class accuracy per engine vs eager float32")
+    from engines import EngineKind
+    from svg.cli import choice_list_type, existing_file, int_type
+    from svg.sampling import MAX_STEPS
+
+    parser = argparse.ArgumentParser(prog="python -m engines.quality",
+                                     description="Demo-model class accuracy per engine vs eager float32")
     parser.add_argument("--model-dir", default="models/demo")
     parser.add_argument("--data", required=True, help="mnist.npz")
-    parser.add_argument("--kinds", default="compile", help="comma-separated engine kinds besides eager fp32")
-    parser.add_argument("--dtype", default=None, help="engine dtype for those kinds (default: device policy)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--kinds", type=choice_list_type([k.value for k in EngineKind]), default=["compile"],
+                        help="comma-separated engine kinds besides eager fp32")
+    parser.add_argument("--dtype", default=None, choices=["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"],
+                        help="engine dtype for those kinds (default: device policy)")
+    parser.add_argument("--steps", type=int_type(1, MAX_STEPS), default=10)
+    parser.add_argument("--per-class", type=int_type(1, 1000), default=20)
     args = parser.parse_args(argv)
+    existing_file(parser, "--model-dir", args.model_dir, directory=True)
+    existing_file(parser, "--data", args.data)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = class_accuracy(args.model_dir, args.data, tuple(k for k in args.kinds.split(",") if k),
-                            steps=args.steps, per_class=args.per_class, dtype=args.dtype)
+    result = class_accuracy(args.model_dir, args.data, tuple(args.kinds), steps=args.steps,
+                            per_class=args.per_class, dtype=args.dtype)
     logging.getLogger("engines.quality").info("%s", json.dumps(result))
     if result["max_drop_points"] > 1.0:
         raise SystemExit(f"class accuracy dropped by {result['max_drop_points']:.2f} points (> 1 allowed)")

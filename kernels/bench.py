@@ -237,15 +237,32 @@ def write_csv(rows: list[Row], path: Path) -> None:
                              for k, v in asdict(row).items()})
 
 
+def _positive(kind: type) -> Callable[[str], float]:
+    """``type=`` callable for argparse: a number of ``kind`` > 0, else one parser error line naming the value.
+
+    (kernels imports nothing from svg, so this mirrors the shape of ``svg.cli.int_type``/``float_type``.)
+    """
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'} > 0") \
+                from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: > 0")
+        return value
+    return parse
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """CLI entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """CLI entry point; see the module docstring. Bad arguments exit 2 with one line naming the option."""
+    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/kernels_bench.csv"), help="CSV path")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"], help="input dtype")
-    parser.add_argument("--batches", type=int, nargs="+", default=None,
+    parser.add_argument("--batches", type=_positive(int), nargs="+", default=None,
                         help="image counts (rows = 2x for CFG); default 1 16 64 256 on GPU, 1 on CPU")
-    parser.add_argument("--peak-gbps", type=float, default=4800.0, help="memory bandwidth peak, GB/s (H200: 4800)")
+    parser.add_argument("--peak-gbps", type=_positive(float), default=4800.0, help="memory bandwidth peak, GB/s (H200: 4800)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)

@@ -25,8 +25,9 @@ from typing import Optional
 import torch
 
 from svg import attention as svg_attention
+from svg.cli import float_type, int_type
 from svg.config import SIT_PRESETS
-from svg.sampling import Guidance, sample
+from svg.sampling import MAX_GUIDANCE_SCALE, MAX_STEPS, Guidance, sample
 from svg.sit import SiT
 
 log = logging.getLogger("bench_sampling")
@@ -122,22 +123,21 @@ def run(preset: str, backends: list[str], batches: list[int], steps: int, scale:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """CLI entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench_sampling.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="CSV path")
     parser.add_argument("--preset", default="SVG-XL", choices=sorted(SIT_PRESETS), help="SiT preset")
     parser.add_argument("--backends", nargs="+", default=["sdpa", "triton"], choices=["sdpa", "triton", "xformers"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="images per run")
-    parser.add_argument("--steps", type=int, default=25, help="Euler steps (NFE per image = steps)")
-    parser.add_argument("--cfg", type=float, default=6.0, help="guidance scale w")
+    parser.add_argument("--batches", type=int_type(1), nargs="+", default=[1, 16, 64], help="images per run (>= 1)")
+    parser.add_argument("--steps", type=int_type(1, MAX_STEPS), default=25, help="Euler steps (NFE per image = steps)")
+    parser.add_argument("--cfg", type=float_type(0.0, MAX_GUIDANCE_SCALE), default=6.0, help="guidance scale w")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--tflop-per-image", type=float, default=None,
+    parser.add_argument("--tflop-per-image", type=float_type(0.0, exclusive_minimum=True), default=None,
                         help="default: 11.86 for SVG-XL at 25 guided steps, else estimated by forward_tflop")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense peak of the dtype (H200 bf16: 989)")
+    parser.add_argument("--peak-tflops", type=float_type(0.0, exclusive_minimum=True), default=989.0,
+                        help="dense peak of the dtype (H200 bf16: 989)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if any(b < 1 for b in args.batches):
-        parser.error(f"--batches must be >= 1; got {args.batches}")
     if "sdpa" in args.backends:  # sdpa first: the other rows compare with it
         args.backends = ["sdpa"] + [b for b in args.backends if b != "sdpa"]
     tflop = args.tflop_per_image

@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safetensors import safe_open
 
     from svg.checkpoint import save_latent_stats
+    from svg.cli import existing_file, guard
 
     parser = argparse.ArgumentParser(prog="python -m svg.latent", description="Compute latent mean/std statistics")
     parser.add_argument("out", type=Path, help="output file (.safetensors ours, or .pt with --official)")
@@ -140,13 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", default=None, help="tensor name to read from each input (default: all)")
     parser.add_argument("--official", action="store_true", help="write the released dinov3_sp_stats.pt layout")
     args = parser.parse_args(argv)
+    for path in args.inputs:
+        existing_file(parser, "inputs", path)
     acc = LatentStatsAccumulator()
     for path in args.inputs:
         with safe_open(str(path), framework="pt") as f:
+            if args.key is not None and args.key not in f.keys():
+                parser.error(f"argument --key: {args.key!r} is not in {str(path)!r}; allowed: {sorted(f.keys())}")
             keys = [args.key] if args.key else list(f.keys())
-            for key in keys:
-                acc.update(f.get_tensor(key))
-    mean, std = acc.result()
+            with guard(parser, f"inputs ({path})"):
+                for key in keys:
+                    acc.update(f.get_tensor(key))
+    with guard(parser, "inputs"):
+        mean, std = acc.result()
     if args.official:
         torch.save({"dinov3_sp_mean": mean, "dinov3_sp_std": std}, args.out)
     else:

@@ -482,13 +482,29 @@ def run_directory(directory: str | Path, device: str = "cpu", atol_scale: float 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (1 when any case failed)."""
+    """CLI entry point; returns the exit code (1 when any case failed; 2 with one line for bad arguments)."""
+    from svg.cli import existing_file, float_type, guard
+
     parser = argparse.ArgumentParser(prog="python -m svg.parity", description=__doc__.split("\n")[0])
     parser.add_argument("directory", type=Path, help="directory with manifest.json")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--atol-scale", type=float, default=1.0, help="multiply every tolerance (about 10 on GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--atol-scale", type=float_type(0.0, exclusive_minimum=True), default=1.0,
+                        help="multiply every tolerance (about 10 on GPU)")
     parser.add_argument("--only", nargs="*", help="run only these manifest files")
     args = parser.parse_args(argv)
+    existing_file(parser, "directory", args.directory / "manifest.json")
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError:  # torch's message lists every backend it knows, not what this runner accepts
+        device_type = None
+    if device_type not in ("cpu", "cuda") or (device_type == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"argument --device: {args.device!r} is not available; allowed: cpu"
+                     + (", cuda, cuda:N" if torch.cuda.is_available() else " (no CUDA device is visible)"))
+    with guard(parser, "directory", errors=(ValueError, KeyError)):
+        files = json.loads((args.directory / "manifest.json").read_text())["files"]
+    unknown = [name for name in args.only or [] if name not in files]
+    if unknown:
+        parser.error(f"argument --only: {unknown} are not files of the manifest; allowed: {sorted(files)}")
     results = run_directory(args.directory, args.device, args.atol_scale, args.only)
     for r in results:
         sys.stdout.write(r.line() + "\n")

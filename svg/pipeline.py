@@ -165,13 +165,19 @@ def make_random(preset: str, seed: int = 0) -> SVGPipeline:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``make-random --preset tiny OUT`` writes a random checkpoint directory."""
+    from svg.cli import int_type
+    from svg.config import AE_PRESETS, SIT_PRESETS
+
     parser = argparse.ArgumentParser(prog="python -m svg.pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     rnd = sub.add_parser("make-random", help="write a tiny RANDOM checkpoint directory (for tests)")
     rnd.add_argument("out", type=Path)
-    rnd.add_argument("--preset", default="tiny")
-    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--preset", default="tiny", choices=sorted(set(SIT_PRESETS) & set(AE_PRESETS)),
+                     help="a preset with both a SiT and an autoencoder config")
+    rnd.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0)
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        rnd.error(f"argument out: {str(args.out)!r} exists and is not a directory")
     pipe = make_random(args.preset, args.seed)
     pipe.save_dir(args.out)
     sys.stdout.write(json.dumps({"out": str(args.out), **pipe.metadata}) + "\n")
