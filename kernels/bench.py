@@ -262,7 +262,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"], help="input dtype")
     parser.add_argument("--batches", type=_positive(int), nargs="+", default=None,
                         help="image counts (rows = 2x for CFG); default 1 16 64 256 on GPU, 1 on CPU")
-    parser.add_argument("--peak-gbps", type=_positive(float), default=4800.0, help="memory bandwidth peak, GB/s (H200: 4800)")
+    parser.add_argument("--peak-gbps", type=_positive(float), default=4800.0,
+                        help="memory bandwidth peak, GB/s (H200: 4800)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
