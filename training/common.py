@@ -178,6 +178,33 @@ def load_checkpoint(path: str | Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+class ResumeError(ValueError):
+    """A checkpoint that this run must not continue: another preset/model config, world size or training
+    setting. The message names every difference and how to proceed."""
+
+
+def check_resume_settings(out: str | Path, saved: dict, current: dict, may_change: frozenset[str] | set[str],
+                          flags: dict[str, str] | None = None) -> None:
+    """Refuse to resume when a setting in ``current`` differs from the checkpoint's ``saved`` one (cases T13).
+
+    ``saved``/``current`` map setting names to values (a stage config as a dict); names in ``may_change`` and names
+    the checkpoint does not have (older files) are not compared. ``flags`` maps names to the CLI flag shown.
+
+    Raises:
+        ResumeError: listing every differing setting as ``name old → new``.
+    """
+    flags = flags or {}
+    changed = [f"{flags.get(k, k)} {_fmt(saved[k])} → {_fmt(v)}" for k, v in current.items()
+               if k not in may_change and k in saved and _fmt(saved[k]) != _fmt(v)]
+    if changed:
+        raise ResumeError(f"the checkpoint in {out} was trained with other settings: {', '.join(changed)}. "
+                          f"Resume with the checkpoint's settings, or start a new run with another --out.")
+
+
+def _fmt(value) -> str:
+    return str(list(value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 # --------------------------------------------------------------------------------------------------------- batches
 class Batches:
     """Endless, resumable stream of ``(images, labels)`` batches for one rank.

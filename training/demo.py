@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from training.cli import require_data
 from training.common import setup_logging
 
 log = logging.getLogger("training.demo")
@@ -151,11 +152,13 @@ def run_eval(data: str, model_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train the demo SVG on MNIST and write its model card")
+    p = argparse.ArgumentParser(prog="python -m training.demo",
+                                description="Train the demo SVG on MNIST and write its model card")
     p.add_argument("--data", default="../shared/data/mnist.npz")
     p.add_argument("--out", default="models/demo")
     p.add_argument("--runs", default="runs/demo")
     a = p.parse_args(argv)
+    require_data(p, a.data)
     runs, model_dir = Path(a.runs), Path(a.out)
     runs.mkdir(parents=True, exist_ok=True)
     model_dir.mkdir(parents=True, exist_ok=True)

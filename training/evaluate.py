@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.cli import check_range, require_data, require_model_files, usage_errors
 from training.common import Batches, setup_logging
 from training.data import load_mnist
 
@@ -143,8 +144,29 @@ def evaluate(model_dir: str | Path, data: str | Path, steps: tuple[int, ...] = (
     return result
 
 
+def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Every argument checked before the model loads or the classifier trains (exit 2 with one line)."""
+    import math
+
+    from svg.pipeline import AE_FILE, SIT_FILE, STATS_FILE
+    from svg.sampling import MAX_STEPS, Guidance, GuidanceMode
+
+    with usage_errors(p):
+        for n in a.steps:
+            check_range("steps", n, 1 <= n <= MAX_STEPS, f"an integer in [1, {MAX_STEPS}]")
+        check_range("per_class", a.per_class, a.per_class >= 1, ">= 1")
+        check_range("psnr_images", a.psnr_images, a.psnr_images >= 1, ">= 1")
+        check_range("shift", a.shift, math.isfinite(a.shift), "a finite number (<= 0 means no shift)")
+        check_range("seed", a.seed, a.seed >= 0, ">= 0")
+    with usage_errors(p, "--guidance-scale"):
+        Guidance(GuidanceMode.CONSTANT, a.guidance_scale)
+    require_data(p, a.data)
+    require_model_files(p, a.model_dir, (SIT_FILE, AE_FILE, STATS_FILE))
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Evaluate an SVG model directory on MNIST")
+    p = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                description="Evaluate an SVG model directory on MNIST")
     p.add_argument("--model-dir", default="models/demo")
     p.add_argument("--data", required=True, help="mnist.npz")
     p.add_argument("--steps", type=int, nargs="+", default=[25, 10, 5])
@@ -156,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     p.add_argument("--out", default=None, help="JSON output (default <model-dir>/eval.json)")
     a = p.parse_args(argv)
+    _validate(p, a)
     setup_logging()
     result = evaluate(a.model_dir, a.data, tuple(a.steps), a.per_class, a.guidance_scale, a.shift,
                       a.psnr_images, a.seed, a.classifier)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.cli import check_range, require_data, usage_errors
 from training.common import (Batches, EMA, Progress, load_checkpoint, rng_state, save_checkpoint,
                              seed_everything, set_rng_state, setup_logging)
 from training.data import build_dataset
@@ -258,7 +259,7 @@ def _eva_from_config(cfg):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.ssl", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="mnist.npz or an ImageFolder root")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=1500)
@@ -268,6 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--knn", action="store_true", help="report k-NN accuracy vs the same encoder at random init")
     a = p.parse_args(argv)
+    with usage_errors(p):
+        for name in ("steps", "batch_size", "local_crops"):
+            check_range(name, getattr(a, name), getattr(a, name) >= 1, ">= 1")
+        check_range("lr", a.lr, a.lr > 0, "> 0")
+    require_data(p, a.data)
     setup_logging(Path(a.out) / "ssl.log")
     torch.manual_seed(a.seed)
     encoder = build_demo_encoder()

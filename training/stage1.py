@@ -33,9 +33,10 @@ from torch import nn
 from svg.config import ae_preset
 from svg.dinov3 import patch_tokens
 from svg.residual import match_distribution
-from training.common import (Batches, Dist, Progress, cleanup_distributed, load_checkpoint, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state, setup_distributed, setup_logging,
-                             unwrap)
+from training.cli import require_data, require_file, usage_errors
+from training.common import (Batches, Dist, Progress, ResumeError, check_resume_settings, cleanup_distributed,
+                             load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             setup_distributed, setup_logging, unwrap)
 from training.data import build_dataset
 from training.losses import LPIPS, EncoderFeatureLoss, PatchDiscriminator, adaptive_weight, hinge_d_loss
 
@@ -62,8 +63,19 @@ class Stage1Config:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} out of range; allowed: [0, 1)")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps={self.steps}, batch_size={self.batch_size} out of range; allowed: >= 1")
+        for name in ("steps", "batch_size", "disc_layers", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} out of range; allowed: >= 1")
+        if not self.lr > 0:  # same rule as stage 2; torch's own message names no flag
+            raise ValueError(f"lr={self.lr} out of range; allowed: > 0")
+        if not self.perceptual_weight >= 0:
+            raise ValueError(f"perceptual_weight={self.perceptual_weight} out of range; allowed: >= 0")
+
+
+# Settings a resumed run may change (docs/training.md "Resuming"); every other Stage1Config field must match.
+RESUME_MAY_CHANGE = frozenset({"steps", "log_every", "ckpt_every"})
+CLI_FLAGS = {k: "--" + k.replace("_", "-") for k in ("steps", "batch_size", "lr", "disc_start", "disc_layers",
+                                                     "perceptual_weight", "seed")}
 
 
 class Stage1Model(nn.Module):
@@ -154,24 +166,38 @@ def build_autoencoder(preset: str, encoder_weights: str | Path | None) -> nn.Mod
     return ae
 
 
+def build_optimizers(model: Stage1Model, loss_fn: Stage1Loss,
+                     cfg: Stage1Config) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """Adam for the trainable autoencoder parts + mask token, and Adam for the discriminator (``None`` without
+    GAN); reference §2.8. The frozen encoder and the perceptual net are in neither (cases T11)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # the frozen encoder has requires_grad=False
+    opt_g = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    opt_d = (torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
+             if loss_fn.discriminator is not None else None)
+    return opt_g, opt_d
+
+
 def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, perceptual: nn.Module | None,
-                 dist_info: Dist | None = None) -> nn.Module:
+                 dist_info: Dist | None = None, preset: str | None = None) -> nn.Module:
     """Train ``ae``'s residual encoder + decoder (in place); resumes from ``out/stage1_last.pt``.
 
-    Returns the trained autoencoder in eval mode. DDP when ``dist_info.world > 1``.
+    Returns the trained autoencoder in eval mode. DDP when ``dist_info.world > 1``. ``preset`` (the autoencoder
+    preset name) is recorded in the checkpoint for the resume check.
+
+    Raises:
+        ResumeError: the checkpoint has another autoencoder config (preset), world size or a setting outside
+            ``RESUME_MAY_CHANGE`` (T13); the message lists every difference (old → new).
     """
     out = Path(out)
     d = dist_info or Dist(0, 1, 0, torch.device("cpu"))
     seed_everything(cfg.seed)  # identical init of mask token / discriminator on every rank
     model = Stage1Model(ae, cfg.mask_ratio).to(d.device)
     loss_fn = Stage1Loss(perceptual, cfg).to(d.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_g = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
-    opt_d = (torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
-             if loss_fn.discriminator is not None else None)
+    opt_g, opt_d = build_optimizers(model, loss_fn, cfg)
     start = 0
     ckpt = load_checkpoint(out / "stage1_last.pt")
     if ckpt is not None:
+        _check_compatible(out, ckpt, ae.config.to_dict(), preset, cfg, d)
         model.load_state_dict(ckpt["model"])
         opt_g.load_state_dict(ckpt["opt_g"])
         if opt_d is not None:
@@ -209,11 +235,29 @@ def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, p
             logs["d_loss"] = d_loss.item()
         progress(step, **logs)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            _save(out, model, loss_fn, opt_g, opt_d, step, cfg, d)
+            _save(out, model, loss_fn, opt_g, opt_d, step, cfg, d, preset)
     return unwrap(model).ae.eval()
 
 
-def _save(out: Path, model, loss_fn, opt_g, opt_d, step: int, cfg: Stage1Config, d: Dist) -> None:
+def _check_compatible(out: Path, ckpt: dict, ae_config: dict, preset: str | None, cfg: Stage1Config,
+                      d: Dist) -> None:
+    saved = ckpt.get("ae_config")
+    if saved is not None and saved != ae_config:
+        old = ckpt.get("preset")
+        what = (f"was trained with preset {old}; this run asks for {preset}" if old and preset
+                else "has another autoencoder config")
+        again = f"--preset {old}" if old else "the checkpoint's preset"
+        raise ResumeError(f"the checkpoint in {out} {what}. Resume with {again}, or start a new run with "
+                          f"another --out.")
+    if isinstance(ckpt["rng"], list) and len(ckpt["rng"]) != d.world:
+        raise ResumeError(f"checkpoint {out / 'stage1_last.pt'} was written with world={len(ckpt['rng'])}; this run "
+                          f"has world={d.world}. Resume with the same number of processes.")
+    current = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    check_resume_settings(out, ckpt["config"], current, RESUME_MAY_CHANGE, CLI_FLAGS)
+
+
+def _save(out: Path, model, loss_fn, opt_g, opt_d, step: int, cfg: Stage1Config, d: Dist,
+          preset: str | None = None) -> None:
     rngs = [None] * d.world
     if d.world > 1:
         torch.distributed.all_gather_object(rngs, rng_state())
@@ -222,7 +266,8 @@ def _save(out: Path, model, loss_fn, opt_g, opt_d, step: int, cfg: Stage1Config,
     if not d.main:
         return
     state = {"model": unwrap(model).state_dict(), "opt_g": opt_g.state_dict(), "step": step,
-             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "rng": rngs}
+             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "rng": rngs,
+             "ae_config": unwrap(model).ae.config.to_dict(), "preset": preset}
     if opt_d is not None:
         state.update(discriminator=unwrap(loss_fn.discriminator).state_dict(), opt_d=opt_d.state_dict())
     save_checkpoint(out / "stage1_last.pt", state)
@@ -241,7 +286,7 @@ def reconstruction_psnr(ae: nn.Module, images: torch.Tensor, batch: int = 250, a
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="SVG stage 1: autoencoder training")
+    p = argparse.ArgumentParser(prog="python -m training.stage1", description="SVG stage 1: autoencoder training")
     p.add_argument("--data", required=True, help="mnist.npz or an ImageFolder root")
     p.add_argument("--out", required=True)
     p.add_argument("--preset", default="svg-ae", help="autoencoder preset (svg.config.AE_PRESETS)")
@@ -257,14 +302,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, help="write autoencoder.safetensors into this directory")
     a = p.parse_args(argv)
+    with usage_errors(p):
+        cfg = Stage1Config(steps=a.steps, batch_size=a.batch_size, lr=a.lr, disc_start=a.disc_start,
+                           disc_layers=a.disc_layers, perceptual_weight=a.perceptual_weight, seed=a.seed)
+    with usage_errors(p, "--preset"):
+        ae_preset(a.preset)
+    require_data(p, a.data)
+    for flag, path in (("--encoder", a.encoder), ("--lpips-vgg", a.lpips_vgg), ("--lpips-lin", a.lpips_lin)):
+        require_file(p, flag, path)
+    if bool(a.lpips_vgg) != bool(a.lpips_lin):
+        p.error("argument --lpips-vgg/--lpips-lin: LPIPS needs both files (got only one)")
     d = setup_distributed()
     setup_logging(Path(a.out) / "stage1.log" if d.main else None)
-    cfg = Stage1Config(steps=a.steps, batch_size=a.batch_size, lr=a.lr, disc_start=a.disc_start,
-                       disc_layers=a.disc_layers, perceptual_weight=a.perceptual_weight, seed=a.seed)
     ae = build_autoencoder(a.preset, a.encoder)
     perceptual = build_perceptual(ae.encoder, a.lpips_vgg, a.lpips_lin)
     t0 = time.perf_counter()
-    ae = train_stage1(ae, a.data, a.out, cfg, perceptual, d)
+    with usage_errors(p, errors=(ResumeError,)):  # a resume refusal (T13), checked before the first step
+        ae = train_stage1(ae, a.data, a.out, cfg, perceptual, d, preset=a.preset)
     if d.main:
         from training.export import export_autoencoder
 

@@ -37,9 +37,11 @@ from torch import nn
 from svg.config import SiTConfig, sit_preset
 from svg.flow import TRAIN_SHIFT, flow_matching_loss
 from svg.sit import SiT
-from training.common import (EMA, Batches, Dist, Progress, cleanup_distributed, load_checkpoint,
-                             no_sync_unless, rank_seed, rng_state, save_checkpoint, seed_everything,
-                             set_rng_state, setup_distributed, setup_logging, unwrap)
+from training.cli import check_range, require_data, require_model_files, usage_errors
+from training.common import (EMA, Batches, Dist, Progress, ResumeError, check_resume_settings,
+                             cleanup_distributed, load_checkpoint, no_sync_unless, rank_seed, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state, setup_distributed, setup_logging,
+                             unwrap)
 
 log = logging.getLogger("training.stage2")
 
@@ -72,13 +74,24 @@ class Stage2Config:
     ckpt_every: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "accum", "max_skips"):
+        for name in ("steps", "batch_size", "accum", "max_skips", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} out of range; allowed: >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} out of range; allowed: >= 0")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"clip_grad={self.clip_grad} out of range; allowed: > 0 (omit it for no clipping)")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} out of range; allowed: [0, 1]")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} out of range; allowed: > 0")
+
+
+# Settings a resumed run may change (docs/training.md "Resuming"); every other Stage2Config field must match the
+# checkpoint. ``steps`` only without --cosine: the cosine schedule's length is ``steps``.
+RESUME_MAY_CHANGE = frozenset({"steps", "log_every", "ckpt_every", "max_skips"})
+CLI_FLAGS = {k: "--" + k.replace("_", "-") for k in ("steps", "batch_size", "accum", "lr", "warmup", "cosine",
+                                                     "ema_decay", "clip_grad", "bf16", "seed")}
 
 
 def lr_lambda(cfg: Stage2Config):
@@ -103,8 +116,8 @@ class Stage2Trainer:
     """
 
     def __init__(self, sit_config: SiTConfig, cfg: Stage2Config, d: Dist | None = None,
-                 model: nn.Module | None = None):
-        self.cfg, self.d = cfg, d or Dist(0, 1, 0, torch.device("cpu"))
+                 model: nn.Module | None = None, preset: str | None = None):
+        self.cfg, self.d, self.preset = cfg, d or Dist(0, 1, 0, torch.device("cpu")), preset
         seed_everything(cfg.seed)  # identical init on every rank
         self.model = (model if model is not None else SiT(sit_config)).to(self.d.device)
         self.ema = EMA(self.model, cfg.ema_decay)  # a copy (decay 0 start), built before any resume
@@ -128,7 +141,7 @@ class Stage2Trainer:
                 "ema_updates": self.ema.num_updates, "ema_decay": self.ema.decay,
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "step": self.step_count, "skipped": self.skipped, "config": asdict(self.cfg),
-                "sit_config": unwrap(self.model).config.to_dict(), "world": self.d.world,
+                "sit_config": unwrap(self.model).config.to_dict(), "preset": self.preset, "world": self.d.world,
                 "wall_s": self.elapsed()}
 
     def save(self, path: str | Path) -> None:
@@ -143,14 +156,18 @@ class Stage2Trainer:
             save_checkpoint(path, {**self.state_dict(), "rng": rngs})
 
     def resume(self, path: str | Path) -> bool:
-        """Load ``path`` if it exists; returns whether it did. A different world size is refused: the RNG
-        streams and the global batch would change silently (T13)."""
+        """Load ``path`` if it exists; returns whether it did.
+
+        Raises:
+            ResumeError: the checkpoint has another SiT config (preset), world size, or training settings outside
+                ``RESUME_MAY_CHANGE``: the RNG streams, the global batch or the optimizer would change silently
+                (T13). The message lists every difference (old → new).
+        """
+        path = Path(path)
         ckpt = load_checkpoint(path)
         if ckpt is None:
             return False
-        if ckpt["world"] != self.d.world:
-            raise ValueError(f"checkpoint {path} was written with world={ckpt['world']}; this run has "
-                             f"world={self.d.world}. Resume with the same number of processes.")
+        self._check_compatible(path, ckpt)
         unwrap(self.model).load_state_dict(ckpt["model"], strict=True)
         self.ema.load_state_dict({"model": ckpt["ema"], "num_updates": ckpt["ema_updates"],
                                   "decay": ckpt["ema_decay"]})
@@ -160,6 +177,25 @@ class Stage2Trainer:
         self.wall_before, self._t0 = float(ckpt.get("wall_s", 0.0)), time.perf_counter()
         set_rng_state(ckpt["rng"][self.d.rank], {"noise": self.gen})
         return True
+
+    def _check_compatible(self, path: Path, ckpt: dict) -> None:
+        sit_config = unwrap(self.model).config.to_dict()
+        if ckpt["sit_config"] != sit_config:
+            old, new = ckpt.get("preset"), self.preset
+            if old and new:
+                what = f"was trained with preset {old}; this run asks for {new}"
+            else:
+                diff = [f"{k} {ckpt['sit_config'].get(k)} → {v}" for k, v in sit_config.items()
+                        if ckpt["sit_config"].get(k) != v]
+                what = f"has another SiT config ({', '.join(diff)})"
+            again = f"--preset {old}" if old else "the checkpoint's preset"
+            raise ResumeError(f"the checkpoint in {path.parent} {what}. Resume with {again}, or start a new run "
+                              f"with another --out.")
+        if ckpt["world"] != self.d.world:
+            raise ResumeError(f"checkpoint {path} was written with world={ckpt['world']}; this run has "
+                              f"world={self.d.world}. Resume with the same number of processes.")
+        may_change = RESUME_MAY_CHANGE - ({"steps"} if self.cfg.cosine else set())
+        check_resume_settings(path.parent, ckpt["config"], asdict(self.cfg), may_change, CLI_FLAGS)
 
     # ------------------------------------------------------------------------------------------------- step
     def step(self, batch_fn) -> dict[str, float]:
@@ -253,7 +289,8 @@ class TokenBatches:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="SVG stage 2: flow-matching diffusion training")
+    p = argparse.ArgumentParser(prog="python -m training.stage2",
+                                description="SVG stage 2: flow-matching diffusion training")
     p.add_argument("--data", required=True, help="mnist.npz or an ImageFolder root")
     p.add_argument("--model-dir", required=True,
                    help="directory with autoencoder.safetensors and latent_stats.safetensors; sit.safetensors "
@@ -275,24 +312,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-every", type=int, default=Stage2Config.ckpt_every)
     p.add_argument("--workers", type=int, default=4)
     a = p.parse_args(argv)
-    d = setup_distributed()
-    out = Path(a.out)
-    setup_logging(out / "stage2.log" if d.main else None)
-    cfg = Stage2Config(steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=a.lr, warmup=a.warmup,
-                       cosine=a.cosine, ema_decay=a.ema_decay, clip_grad=a.clip_grad, bf16=a.bf16, seed=a.seed,
-                       log_every=a.log_every, ckpt_every=a.ckpt_every)
     from svg.checkpoint import load_autoencoder, load_latent_stats
     from svg.pipeline import AE_FILE, STATS_FILE
     from training.data import build_dataset
     from training.export import export_sit
 
+    with usage_errors(p):
+        cfg = Stage2Config(steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=a.lr, warmup=a.warmup,
+                           cosine=a.cosine, ema_decay=a.ema_decay, clip_grad=a.clip_grad, bf16=a.bf16,
+                           seed=a.seed, log_every=a.log_every, ckpt_every=a.ckpt_every)
+        check_range("workers", a.workers, a.workers >= 0, ">= 0")
+    with usage_errors(p, "--preset"):
+        sit_cfg = sit_preset(a.preset)
+    require_data(p, a.data)
     model_dir = Path(a.model_dir)
+    require_model_files(p, model_dir, (AE_FILE, STATS_FILE))
+    d = setup_distributed()
+    out = Path(a.out)
+    trainer = Stage2Trainer(sit_cfg, cfg, d, preset=a.preset)
+    with usage_errors(p, errors=(ResumeError,)):  # another preset / world / settings: refused (T13)
+        resumed = trainer.resume(out / "stage2_last.pt")
+    setup_logging(out / "stage2.log" if d.main else None)
+    if resumed:
+        log.info("stage2: resumed at step %d", trainer.step_count)
     ae = load_autoencoder(model_dir / AE_FILE).to(d.device).eval()
     norm = load_latent_stats(model_dir / STATS_FILE).to(d.device)
-    sit_cfg = sit_preset(a.preset)
-    trainer = Stage2Trainer(sit_cfg, cfg, d)
-    if trainer.resume(out / "stage2_last.pt"):
-        log.info("stage2: resumed at step %d", trainer.step_count)
     dataset = build_dataset(a.data, ae.config.dino.img_size, "train")
     start_batch = trainer.step_count * cfg.accum
     if a.latents:

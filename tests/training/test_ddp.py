@@ -46,6 +46,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.step(lambda i: _data(rank, i))
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        trainer.save(os.path.join(out_dir, "ckpt.pt"))  # saved from the DDP wrapper by rank 0 (T06)
         torch.save({"draws": draws, "checksum": checksum, "allreduce_calls": len(calls), "grads": grads,
                     "init": init}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -66,9 +67,17 @@ def test_ddp_two_ranks_gloo(tmp_path):
     for name, g in r0["grads"].items():
         torch.testing.assert_close(g, r1["grads"][name], rtol=0, atol=0)
 
+    # T06: the checkpoint written from DDP carries no wrapper prefix and loads strictly into a fresh model
+    from svg.sit import SiT
+
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    for part in ("model", "ema"):
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt[part]), part
+        SiT(CONFIG).load_state_dict(ckpt[part], strict=True)
+    assert ckpt["world"] == WORLD and len(ckpt["rng"]) == WORLD
+
     # single-process reference over all 4 micro-batches with the same per-rank noise streams
     from svg.flow import flow_matching_loss
-    from svg.sit import SiT
 
     model = SiT(CONFIG)
     model.load_state_dict(r0["init"])

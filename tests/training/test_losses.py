@@ -90,3 +90,23 @@ def test_hinge_and_discriminator_shapes():
     assert logits.dim() == 4 and logits.shape[:2] == (2, 1)
     assert hinge_d_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)).item() == 0.0
     assert hinge_d_loss(torch.zeros(2), torch.zeros(2)).item() == 1.0
+
+
+def test_frozen_encoder_and_perceptual_net_absent_from_every_optimizer_group():
+    """T11: only the residual encoder, decoder and mask token (generator) and the discriminator are optimised."""
+    from svg.autoencoder import SVGAutoencoder
+    from training.stage1 import Stage1Model, build_optimizers
+
+    torch.manual_seed(0)
+    ae = SVGAutoencoder(AE_PRESETS["tiny"])
+    model = Stage1Model(ae, mask_ratio=0.1)
+    cfg = Stage1Config(disc_start=0, disc_layers=2)
+    loss_fn = Stage1Loss(EncoderFeatureLoss(ae.encoder), cfg)
+    opt_g, opt_d = build_optimizers(model, loss_fn, cfg)
+    optimised = [id(p) for opt in (opt_g, opt_d) for group in opt.param_groups for p in group["params"]]
+    frozen = {id(p) for p in [*ae.encoder.parameters(), *loss_fn.perceptual.parameters()]}
+    assert frozen and not frozen & set(optimised)
+    expected = {id(p) for n, p in model.named_parameters() if not n.startswith("ae.encoder.")}
+    expected |= {id(p) for p in loss_fn.discriminator.parameters()}
+    assert sorted(optimised) == sorted(expected)  # each trainable parameter exactly once
+    assert model.mask_token is not None and id(model.mask_token) in optimised
