@@ -64,20 +64,34 @@ def test_outputs_not_overwritten_by_next_call(compiled_sit):
 
 
 def test_no_graph_breaks_in_sit_and_guided_euler_step(tiny_sit):
-    x, t, y = sit_inputs(2, seed=3)
-    explained = torch._dynamo.explain(tiny_sit)(x, t, y)
-    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    # fullgraph=True raises on any graph break, so this traces the library's own code: the SiT forward and
+    # svg.sampling.step_batch, the batched guided Euler step the server's worker runs (one forward with the
+    # unconditional twins appended, vectorised CFG, Euler update). backend="eager" only traces; unlike
+    # torch._dynamo.explain it does not reset dynamo, so the shared compiled_sit fixture keeps its graphs.
+    from svg.config import SIT_PRESETS
+    from svg.sampling import Guidance, GuidanceMode, Trajectory, step_batch, time_grid
 
-    def guided_euler_step(x, t, dt, y, null, scale):
-        # One CFG + Euler step as the sampler does it: batched cond/uncond forward, tensors for t, dt and scale.
-        both = tiny_sit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))[..., : x.shape[-1]]
-        v_cond, v_uncond = both.chunk(2)
-        v = v_uncond + scale[:, None, None] * (v_cond - v_uncond)
-        return x + dt[:, None, None] * v
+    x, t, y = sit_inputs(3, seed=3)
+    sit_graph = torch.compile(tiny_sit, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.equal(sit_graph(x, t, y), tiny_sit(x, t, y))
 
-    args = (x, t, torch.full((2,), 0.04), y, torch.full((2,), 1000), torch.full((2,), 4.0))
-    explained = torch._dynamo.explain(guided_euler_step)(*args)
-    assert explained.graph_break_count == 0
+    classes, grid = SIT_PRESETS["tiny"].num_classes, time_grid(4, 0.15)
+
+    def trajectories() -> list[Trajectory]:
+        # a guided row, an unguided one (no twin) and a second guided row with another scale: every branch
+        return [Trajectory(x[0].clone(), 3, grid, Guidance(GuidanceMode.CONSTANT, 4.0), num_classes=classes),
+                Trajectory(x[1].clone(), 5, grid, Guidance(GuidanceMode.NONE, 1.0), num_classes=classes),
+                Trajectory(x[2].clone(), 7, grid, Guidance(GuidanceMode.CONSTANT, 2.0), num_classes=classes)]
+
+    eager, traced = trajectories(), trajectories()
+    step_graph = torch.compile(step_batch, fullgraph=True, backend="eager")
+    for _ in range(2):  # the second call runs the traced graph (or re-traces, again without a break)
+        assert step_graph(tiny_sit, traced) == step_batch(tiny_sit, eager) == 5  # 3 rows + 2 unconditional twins
+    assert [tr.index for tr in traced] == [2, 2, 2]
+    for a, b in zip(traced, eager):
+        assert torch.equal(a.z, b.z)
+        assert (a.nfe, a.rows) == (b.nfe, b.rows)
 
 
 def test_cuda_graphs_need_cuda(tiny_sit):
