@@ -148,7 +148,6 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every argument checked before the model loads or the classifier trains (exit 2 with one line)."""
     import math
 
-    from svg.pipeline import AE_FILE, SIT_FILE, STATS_FILE
     from svg.sampling import MAX_STEPS, Guidance, GuidanceMode
 
     with usage_errors(p):
@@ -161,6 +160,8 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     with usage_errors(p, "--guidance-scale"):
         Guidance(GuidanceMode.CONSTANT, a.guidance_scale)
     require_data(p, a.data)
+    from svg.pipeline import AE_FILE, SIT_FILE, STATS_FILE
+
     require_model_files(p, a.model_dir, (SIT_FILE, AE_FILE, STATS_FILE))
 
 

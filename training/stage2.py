@@ -312,11 +312,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-every", type=int, default=Stage2Config.ckpt_every)
     p.add_argument("--workers", type=int, default=4)
     a = p.parse_args(argv)
-    from svg.checkpoint import load_autoencoder, load_latent_stats
-    from svg.pipeline import AE_FILE, STATS_FILE
-    from training.data import build_dataset
-    from training.export import export_sit
-
     with usage_errors(p):
         cfg = Stage2Config(steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=a.lr, warmup=a.warmup,
                            cosine=a.cosine, ema_decay=a.ema_decay, clip_grad=a.clip_grad, bf16=a.bf16,
@@ -325,6 +320,11 @@ def main(argv: list[str] | None = None) -> None:
     with usage_errors(p, "--preset"):
         sit_cfg = sit_preset(a.preset)
     require_data(p, a.data)
+    from svg.checkpoint import load_autoencoder, load_latent_stats  # after the cheap checks: exit 2 comes fast
+    from svg.pipeline import AE_FILE, STATS_FILE
+    from training.data import build_dataset
+    from training.export import export_sit
+
     model_dir = Path(a.model_dir)
     require_model_files(p, model_dir, (AE_FILE, STATS_FILE))
     d = setup_distributed()
