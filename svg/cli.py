@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -93,19 +94,33 @@ def existing_file(parser: argparse.ArgumentParser, option: str, path: str | Path
     return path
 
 
+_FIELD = re.compile(r"^(\w+)=")
+
+
+def _option_for(parser: argparse.ArgumentParser, message: str) -> str | None:
+    """The ``--flag`` a message of the form ``field=value ...`` is about, when the parser has that flag."""
+    m = _FIELD.match(message)
+    if m is None:
+        return None
+    flag = "--" + m.group(1).replace("_", "-")
+    return flag if flag in parser._option_string_actions else None
+
+
 @contextlib.contextmanager
 def guard(parser: argparse.ArgumentParser, option: str | None = None,
-          errors: tuple[type[BaseException], ...] = (ValueError,)) -> Iterator[None]:
+          errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> Iterator[None]:
     """Turn ``errors`` raised inside the block (config validation) into one ``parser.error`` line (exit 2).
 
-    The library's message already names the field, the value and the allowed range; ``option`` prefixes the
-    command-line option it came from, in argparse's own ``argument <option>: ...`` form (the shape of
-    ``training.cli.usage_errors``).
+    The library's message already names the field, the value and the allowed range. The line reads
+    ``argument <option>: <message>`` (argparse's own form): ``option`` when given, else the option named by a message
+    that starts with ``field=`` (``steps=-5 out of range`` → ``--steps``) when the parser has it, else the message
+    alone. Wrap only the set-up phase, so that an error during the real work still shows its traceback.
     """
     try:
         yield
     except errors as exc:
         message = " ".join(str(exc).split())  # one line
+        option = option or _option_for(parser, message)
         parser.error(f"argument {option}: {message}" if option else message)
 
 

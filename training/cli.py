@@ -2,46 +2,21 @@
 ``argparse`` error line (exit code 2) naming the argument, the value and the allowed range, never a traceback.
 
 Validation lives where it always did (the stage configs' ``__post_init__``, the preset look-ups, the resume
-checks); the entry points run those steps inside :func:`usage_errors`, which turns their ``ValueError`` /
-``FileNotFoundError`` into ``parser.error(...)``. Only the set-up phase is wrapped, so an error during training
+checks); the entry points run those steps inside :func:`usage_errors` (``svg.cli.guard``), which turns their
+``ValueError`` / ``FileNotFoundError`` into ``parser.error(...)``. Only the set-up phase is wrapped, so an error during training
 still shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-_FIELD = re.compile(r"^(\w+)=")
+from svg.cli import existing_file
+from svg.cli import guard as usage_errors  # one error path for every CLI of the project
 
-
-def _option_for(parser: argparse.ArgumentParser, message: str) -> str | None:
-    """The ``--flag`` a message of the form ``field=value ...`` is about, when the parser has that flag."""
-    m = _FIELD.match(message)
-    if m is None:
-        return None
-    flag = "--" + m.group(1).replace("_", "-")
-    return flag if flag in parser._option_string_actions else None
-
-
-@contextmanager
-def usage_errors(parser: argparse.ArgumentParser, flag: str | None = None,
-                 errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)) -> Iterator[None]:
-    """Run the block; an exception of the ``errors`` types from it becomes ``parser.error`` (exit 2).
-
-    The line reads ``argument <flag>: <original message>``: ``flag`` when given, else the flag named by a message
-    that starts with ``field=`` (``steps=-5 out of range`` → ``--steps``), else the message alone (resume
-    refusals, which list their flags themselves).
-    """
-    try:
-        yield
-    except errors as e:
-        message = " ".join(str(e).split())  # one line
-        flag = flag or _option_for(parser, message)
-        parser.error(f"argument {flag}: {message}" if flag else message)
+__all__ = ["usage_errors", "check_range", "require_file", "require_data", "require_model_files"]
 
 
 def check_range(name: str, value: float | int | None, ok: bool, allowed: str) -> None:
@@ -52,8 +27,8 @@ def check_range(name: str, value: float | int | None, ok: bool, allowed: str) ->
 
 def require_file(parser: argparse.ArgumentParser, flag: str, path: str | Path | None) -> None:
     """``parser.error`` unless ``path`` (when given) is an existing file."""
-    if path is not None and not Path(path).is_file():
-        parser.error(f"argument {flag}: file not found: {path}")
+    if path is not None:
+        existing_file(parser, flag, path)
 
 
 def require_data(parser: argparse.ArgumentParser, data: str | Path, flag: str = "--data") -> None:
