@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import io
@@ -15,6 +13,8 @@ import io
 import httpx
 import pytest
 from PIL import Image
+
+from tests.net import free_port, wait_http  # free_port: re-exported to the server test modules
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 250
@@ -30,12 +30,6 @@ def model_dir(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "svg.pipeline", "make-random", "--preset", "tiny", str(out)],
                    check=True, capture_output=True, cwd=REPO)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -56,17 +50,10 @@ class ServerProcess:
         self.api_key = flags.get("api_key")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout}s: {self.log_path.read_text()[-3000:]}")
+        try:
+            wait_http(self.url + "/ready", timeout, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}: {self.log_path.read_text()[-3000:]}") from None
 
     def client(self, timeout: float = 120.0, **kw) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
