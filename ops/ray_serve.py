@@ -22,6 +22,19 @@ replace it. It is off by default and not a command-line flag.
 
 The route prefix is set in one place, :data:`ROUTE_PREFIX` (case T35), so paths are the same as under uvicorn.
 
+Backpressure (case T34): Ray queues requests at each caller (the HTTP proxy) while every replica holds
+``max_ongoing_requests``, and by default that queue is unbounded (``max_queued_requests=-1``): an overloaded
+deployment answers late instead of refusing. Here both limits are always set. ``max_ongoing_requests`` defaults to
+what one replica's app can hold (its ``max_queue`` waiting requests plus ``max_rows`` running ones), so the app's
+own queue overflows first and answers 429 with ``Retry-After`` (counted as ``queue_full``, which the
+``SVGQueueSaturated`` alert watches); the few requests that still find every replica full wait in a proxy queue of
+``max_queued_requests`` (default 8), and beyond it the proxy answers 429 with ``Retry-After`` at once
+(:func:`deployment_options`).
+
+Loopback (this project talks to 127.0.0.1 only): :func:`init_local_ray` starts a local cluster whose node IP,
+internal gRPC servers, dashboard agent and metrics export all listen on 127.0.0.1, with the dashboard off; the
+HTTP proxy listens on ``--http-host`` (default 127.0.0.1).
+
 Run (from the repository root; everything after ``--`` is a normal ``svg-serve`` flag)::
 
     python -m ops.ray_serve --min-replicas 1 --max-replicas 8 --gpus-per-replica 1 -- --model-dir models/demo
@@ -63,7 +76,12 @@ class ScaleConfig:
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_requests: float = 8.0  # requests in flight per replica before Ray adds one
-    max_ongoing_requests: int = 64  # Ray-level cap per replica; the server's own queue (max_queue) still applies
+    # Ray's cap of requests in flight at one replica; 0 = what the replica's app holds (max_queue + max_rows), so
+    # the app's own 429 (queue_full) fires before Ray holds requests back.
+    max_ongoing_requests: int = 0
+    # Requests each Ray proxy holds while every replica is at max_ongoing_requests; beyond it: 429 at once.
+    max_queued_requests: int = 8
+    retry_after_s: float = 2.0  # Retry-After of the proxy's 429
     gpus_per_replica: float = 1.0  # 1 -> one replica per GPU; 0 -> CPU replicas (tests, CPU clusters)
     cpus_per_replica: float = 1.0
     health_check_period_s: float = 10.0
@@ -82,7 +100,10 @@ class ScaleConfig:
         need("min_replicas", self.min_replicas >= 0, ">= 0")
         need("max_replicas", self.max_replicas >= max(1, self.min_replicas), f">= max(1, min_replicas={self.min_replicas})")
         need("target_ongoing_requests", self.target_ongoing_requests > 0, "> 0")
-        need("max_ongoing_requests", self.max_ongoing_requests >= 1, ">= 1")
+        need("max_ongoing_requests", self.max_ongoing_requests >= 0, ">= 0 (0 = the app's max_queue + max_rows)")
+        need("max_queued_requests", self.max_queued_requests >= 1,
+             ">= 1 (Ray's -1, an unbounded proxy queue, is not allowed: overload must be refused, not queued)")
+        need("retry_after_s", self.retry_after_s >= 1, ">= 1 second")
         need("gpus_per_replica", self.gpus_per_replica >= 0, ">= 0")
         need("cpus_per_replica", self.cpus_per_replica >= 0, ">= 0")
         need("probe_timeout_s", 0 < self.probe_timeout_s < self.health_check_timeout_s,
@@ -212,6 +233,7 @@ def _ingress_class():
         def __init__(self, server_config: ServerConfig, scale: ScaleConfig) -> None:
             from server.app import create_app
 
+            _keep_replica_grpc_on_loopback()
             self.scale = scale
             self.started = time.monotonic()
             self.health = ReplicaHealth()
@@ -255,14 +277,24 @@ def _ingress_class():
     return SVGIngress
 
 
-def build_application(server_config: ServerConfig, scale: ScaleConfig):
-    """The Ray Serve application (``serve.run`` it). One replica per ``gpus_per_replica`` GPUs, autoscaled."""
-    from ray import serve
+def effective_max_ongoing(server_config: ServerConfig, scale: ScaleConfig) -> int:
+    """Ray's per-replica ``max_ongoing_requests``: the configured value, or (0) what the replica's app admits,
+    ``max_queue`` waiting plus at most ``max_rows`` running requests (each running request holds >= 1 row)."""
+    return scale.max_ongoing_requests or server_config.max_queue + server_config.max_rows
 
+
+def deployment_options(server_config: ServerConfig, scale: ScaleConfig) -> dict:
+    """The ``serve.deployment`` options of the SVG deployment (case T34: both queue limits always set).
+
+    Returns:
+        A dict for ``serve.deployment(**options)``; the backpressure answer is 429 with ``Retry-After``.
+    """
     options = {
         "name": "SVGIngress",
         "ray_actor_options": {"num_gpus": scale.gpus_per_replica, "num_cpus": scale.cpus_per_replica},
-        "max_ongoing_requests": scale.max_ongoing_requests,
+        "max_ongoing_requests": effective_max_ongoing(server_config, scale),
+        "max_queued_requests": scale.max_queued_requests,
+        "backpressure_config": {"status_code": 429, "retry_after_s": scale.retry_after_s},
         "health_check_period_s": scale.health_check_period_s,
         "health_check_timeout_s": scale.health_check_timeout_s,
     }
@@ -274,11 +306,74 @@ def build_application(server_config: ServerConfig, scale: ScaleConfig):
             "max_replicas": scale.max_replicas,
             "target_ongoing_requests": scale.target_ongoing_requests,
         }
-    deployment = serve.deployment(**options)(_ingress_class())
+    return options
+
+
+def _keep_replica_grpc_on_loopback() -> None:
+    """In a replica on a loopback-only node, bind Serve's inter-deployment gRPC server to 127.0.0.1.
+
+    Ray Serve (2.60) starts that server on ``[::]:0`` (every interface) whatever the node IP, after the
+    deployment's constructor has run. On a node whose IP is 127.0.0.1 (:func:`init_local_ray`) nothing outside
+    the machine may reach it, so the address is rewritten to loopback. Elsewhere, or when Ray's internals have moved,
+    nothing changes (a warning says so).
+    """
+    import ray
+
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        return
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        logger.warning("ray.serve._private.replica moved: the replica's gRPC server may listen beyond loopback")
+        return
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "svg_loopback", False):
+        if bind is None:
+            logger.warning("Ray Serve changed: the replica's gRPC server may listen beyond loopback")
+        return
+
+    def bind_loopback(server, address: str):
+        return bind(server, LOOPBACK + address[4:] if address.startswith("[::]:") else address)
+
+    bind_loopback.svg_loopback = True
+    replica.add_port_to_grpc_server = bind_loopback
+
+
+def build_application(server_config: ServerConfig, scale: ScaleConfig):
+    """The Ray Serve application (``serve.run`` it). One replica per ``gpus_per_replica`` GPUs, autoscaled."""
+    from ray import serve
+
+    deployment = serve.deployment(**deployment_options(server_config, scale))(_ingress_class())
     return deployment.bind(server_config, scale)
 
 
-def run(server_config: ServerConfig, scale: ScaleConfig, *, http_host: str = "0.0.0.0", http_port: int = 8000,
+LOOPBACK = "127.0.0.1"
+
+
+def init_local_ray(**kwargs):
+    """Start a local Ray cluster that listens on loopback only, and connect to it.
+
+    Ray replaces a node IP of 127.0.0.1 by the machine's routable address and then binds its gRPC servers (GCS,
+    raylet, workers, dashboard agent, metrics export) to every interface. Ray's single-machine mode (the
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` switch, read by Ray and by every process it starts) keeps the node IP
+    at 127.0.0.1, and with it every listener on loopback. The dashboard is off.
+
+    Args:
+        **kwargs: more ``ray.init`` arguments (``num_cpus``, ``runtime_env``, ``logging_level`` ...).
+
+    Returns:
+        What ``ray.init`` returns.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by the processes Ray starts
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at `import ray`, which may have happened before this call
+    options = {"include_dashboard": False, "dashboard_host": LOOPBACK, "_node_ip_address": LOOPBACK, **kwargs}
+    return ray.init(**options)
+
+
+def run(server_config: ServerConfig, scale: ScaleConfig, *, http_host: str = LOOPBACK, http_port: int = 8000,
         blocking: bool = False):
     """Start Serve's HTTP proxy on ``http_host:http_port`` and deploy the app at :data:`ROUTE_PREFIX`.
 
@@ -297,8 +392,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ScaleConfig, Server
     own_argv = argv[: argv.index("--")] if "--" in argv else argv
     defaults = ScaleConfig()
     parser = argparse.ArgumentParser(prog="python -m ops.ray_serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' to join); default: local")
-    parser.add_argument("--http-host", default="0.0.0.0")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address ('auto' to join); default: a local cluster on 127.0.0.1 only")
+    parser.add_argument("--http-host", default=LOOPBACK,
+                        help="HTTP proxy listen address (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
     parser.add_argument("--http-port", type=int, default=8000)
     cli_fields = [f for f in dataclasses.fields(ScaleConfig) if f.metadata.get("cli", True)]
     for f in cli_fields:
@@ -321,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     import ops
 
     # Ship this package (ops/) to every node; server/ and svg/ must be installed there (pip install .).
-    ray.init(address=args.address, runtime_env={"py_modules": [ops]})
+    if args.address is None:
+        init_local_ray(runtime_env={"py_modules": [ops]})
+    else:
+        ray.init(address=args.address, runtime_env={"py_modules": [ops]})
     run(server_config, scale, http_host=args.http_host, http_port=args.http_port, blocking=True)
     return 0
 

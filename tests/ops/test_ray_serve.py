@@ -138,10 +138,10 @@ def ray_url(tiny_model_dir, fault_flag):
     from ray import serve
 
     import ops
-    from ops.ray_serve import run
+    from ops.ray_serve import init_local_ray, run
 
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"py_modules": [ops]}, logging_level="WARNING",
-             log_to_driver=False)
+    # Loopback only: node IP, gRPC servers, agents and the proxy on 127.0.0.1, dashboard off.
+    init_local_ray(num_cpus=4, runtime_env={"py_modules": [ops]}, logging_level="WARNING", log_to_driver=False)
     port = free_port()
     # No warm-up request: the health probe is the first real forward (keeps this test within its 2-minute budget).
     server_config = ServerConfig(model_dir=tiny_model_dir, device="cpu", warmup=False, max_rows=8, decode_batch=4)
