@@ -18,6 +18,7 @@ Where TensorRT is not installed, :meth:`TensorRTEngine.build` (called by ``engin
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -27,11 +28,12 @@ import torch
 from torch import nn
 
 from engines.base import Engine, EngineError
-from engines.cache import cache_key, gpu_capability, weights_hash
+from engines.cache import cache_key, engine_cache_dir, gpu_capability, gpu_identity, model_config, weights_hash
 from engines.onnx_export import OPSET, export_decoder, export_sit
 from engines.precision import parse_dtype
 
 ROLES = ("sit", "decoder")
+log = logging.getLogger("svg.engines.tensorrt")
 
 
 def import_tensorrt():
@@ -102,7 +104,7 @@ class TensorRTEngine(Engine):
         self.role = role
         self.engine_dtype = parse_dtype(dtype)
         self.profile = (min_rows, opt_rows, max_rows)
-        self.cache_dir = Path(cache_dir or os.environ.get("SVG_ENGINE_CACHE", Path.home() / ".cache/svg/engines"))
+        self.cache_dir = engine_cache_dir(cache_dir)
         self.preset = preset
         self.latent_shape = tuple(latent_shape) if latent_shape else None
         self.workspace_gib = workspace_gib
@@ -114,11 +116,17 @@ class TensorRTEngine(Engine):
 
     # ---- cache -------------------------------------------------------------------------------------------------
 
-    def cache_fields(self, trt_version: str) -> dict:
-        """Every setting that changes the plan: the inputs of :func:`engines.cache.cache_key`."""
+    def cache_fields(self, trt_version: str, gpu: dict[str, str] | None = None) -> dict:
+        """Every setting that changes the plan: the inputs of :func:`engines.cache.cache_key` (case T24).
+
+        Args:
+            trt_version: ``tensorrt.__version__``.
+            gpu: ``{"name", "capability", "driver"}``; default :func:`engines.cache.gpu_identity` of the device.
+        """
         return {
             "role": self.role,
             "preset": self.preset,
+            "model_config": model_config(self.module),  # fixes the exported graph (heads, norms, sizes)
             "weights": weights_hash(self.module),
             "dtype": str(self.engine_dtype).removeprefix("torch."),
             "profile": list(self.profile),
@@ -126,7 +134,7 @@ class TensorRTEngine(Engine):
             "opset": OPSET,
             "tensorrt": trt_version,
             "torch": torch.__version__,
-            "gpu": gpu_capability(self.device),
+            "gpu": dict(gpu) if gpu is not None else gpu_identity(self.device),
         }
 
     # ---- build -------------------------------------------------------------------------------------------------
@@ -144,15 +152,9 @@ class TensorRTEngine(Engine):
         key = cache_key(self.cache_fields(trt.__version__))
         self.plan_path = self.cache_dir / f"{self.role}-{self.preset}-{key[:20]}.plan"
         logger = trt.Logger(trt.Logger.WARNING)
-        if self.plan_path.exists():
-            plan = self.plan_path.read_bytes()
-            self.loaded_from_cache = True
-        else:
-            plan = self._build_plan(trt, logger)
-            _atomic_write(self.plan_path, plan)
-        self._engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-        if self._engine is None:
-            raise EngineError(f"TensorRT could not deserialize {self.plan_path}; delete it to rebuild")
+        runtime = trt.Runtime(logger)
+        self._engine, self.loaded_from_cache = load_or_build_plan(
+            self.plan_path, runtime.deserialize_cuda_engine, lambda: self._build_plan(trt, logger))
         self._context = self._engine.create_execution_context()
         return self
 
@@ -252,6 +254,41 @@ class TensorRTEngine(Engine):
         """Free the execution context and the engine."""
         self._context = None
         self._engine = None
+
+
+def load_or_build_plan(path: Path, deserialize, build) -> tuple[object, bool]:
+    """The engine of the cached plan at ``path``, or of a freshly built one (case T24).
+
+    A plan that cannot be read or deserialized (truncated, corrupt, written by another TensorRT) is deleted with a
+    warning and rebuilt; start-up goes on.
+
+    Args:
+        path: the plan file. deserialize: ``bytes -> engine or None`` (``trt.Runtime.deserialize_cuda_engine``).
+        build: ``() -> bytes``, a new serialized plan.
+
+    Returns:
+        ``(engine, loaded_from_cache)``.
+
+    Raises:
+        EngineError: a freshly built plan does not deserialize either.
+    """
+    if path.exists():
+        try:
+            engine = deserialize(path.read_bytes())
+        except (OSError, RuntimeError) as exc:  # unreadable file, or TensorRT raising on a bad plan
+            engine, why = None, f"{type(exc).__name__}: {exc}"
+        else:
+            why = "TensorRT could not deserialize it (truncated or corrupt)"
+        if engine is not None:
+            return engine, True
+        log.warning("cached TensorRT plan %s is unusable (%s): deleted, rebuilding", path, why)
+        path.unlink(missing_ok=True)
+    plan = build()
+    _atomic_write(path, plan)
+    engine = deserialize(plan)
+    if engine is None:
+        raise EngineError(f"TensorRT could not deserialize the plan it just built ({path})")
+    return engine, False
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
