@@ -27,6 +27,7 @@ from torch import nn
 
 from engines.base import DecodeAdapter, Engine, EngineError, _repeat_rows
 from engines.buckets import bucket_for, default_buckets, validate_buckets
+from engines.cudagraphs import CudaGraphWatch
 from engines.precision import autocast_context
 
 # Recompiles reserved by all compiled engines of this process; the dynamo limit is kept >= this.
@@ -91,6 +92,7 @@ class CompiledEngine(Engine):
             mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
         self.mode = mode
         self.bucket_seconds: dict[int, tuple[float, float]] = {}
+        self.cudagraph_buckets: dict[int, bool] = {}  # bucket rows -> CUDA-graphed, after warmup (T19)
         self._compiled = None
         # (shape without the row dimension, dtype) of each warm-up argument: the layout every call is staged into.
         self._signature: list[tuple[tuple[int, ...], torch.dtype]] | None = None
@@ -138,20 +140,25 @@ class CompiledEngine(Engine):
         with torch.no_grad():
             self._forward(*[e.to(self.device)[:1] for e in example])
         sizes = sorted({self.padded_rows(r) for r in (row_counts or self.buckets)})
+        # T19: per bucket, did inductor really capture a CUDA graph? (engines/cudagraphs.py)
+        watch = CudaGraphWatch("decoder" if isinstance(self.module, DecodeAdapter) else "sit",
+                               enabled=self.cuda_graphs)
         for size in sizes:
             inputs = [_repeat_rows(e.to(self.device), size) for e in example]
             timings = []
             # CUDA-graph trees run a bucket eagerly once, record it on the next call, replay from then on: three
             # calls leave every bucket in replay before serving starts.
-            for _ in range(3 if self.cuda_graphs else 2):
-                _sync(self.device)
-                start = time.perf_counter()
-                self(*inputs)
-                _sync(self.device)
-                timings.append(time.perf_counter() - start)
+            with watch.bucket(size):
+                for _ in range(3 if self.cuda_graphs else 2):
+                    _sync(self.device)
+                    start = time.perf_counter()
+                    self(*inputs)
+                    _sync(self.device)
+                    timings.append(time.perf_counter() - start)
             self.bucket_seconds[size] = (timings[0], timings[-1])
             self.compile_seconds += timings[0]
             self.warmup_seconds += sum(timings[1:])
+        self.cudagraph_buckets = watch.finish()  # logs, feeds svg_engine_cudagraph_buckets, strict mode raises
 
     @torch.no_grad()
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,27 @@ class _GpuCollector:
         yield u
 
 
+class _CudaGraphCollector:
+    """``svg_engine_cudagraph_buckets{role, state}``: compiled buckets that are (not) CUDA-graphed after warm-up
+    (case T19), from ``engines.cudagraphs``. Nothing while no engine captures CUDA graphs."""
+
+    def describe(self):
+        return []  # names appear once an engine reports; no collect() (and no engines import) at registration
+
+    def collect(self):
+        from engines.cudagraphs import bucket_counts  # imported at scrape time: no torch at import
+
+        counts = bucket_counts()
+        if not counts:
+            return
+        g = GaugeMetricFamily("svg_engine_cudagraph_buckets",
+                              "Compiled row buckets per engine role that are CUDA-graphed (state=graphed) or ran "
+                              "without graphs after warm-up (state=skipped)", labels=["role", "state"])
+        for (role, state), n in sorted(counts.items()):
+            g.add_metric([role, state], float(n))
+        yield g
+
+
 class ServerMetrics:
     """All server metrics, registered in one private registry.
 
@@ -156,6 +177,7 @@ class ServerMetrics:
             self.rejections_total.labels(reason=reason)
         if gpu_device_index is not None:
             r.register(_GpuCollector(gpu_device_index))
+        r.register(_CudaGraphCollector())
         self._mfu_window_s = mfu_window_s
         self._rows_window: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
