@@ -52,14 +52,16 @@ RUN useradd --uid 10001 --create-home svg \
 COPY --from=build /opt/venv /opt/venv
 # The demo checkpoint, baked in so that `docker run` serves at once (see models/demo/README.md for its size).
 COPY --chown=svg:svg models/demo /app/models/demo
-# SVG_* are server/config.py fields (flag --x-y = variable SVG_X_Y). The compile caches live on the engine volume so a
-# restarted container does not recompile.
+# SVG_* are server/config.py fields (flag --x-y = variable SVG_X_Y), plus SVG_ENGINE_CACHE (TensorRT plans,
+# engines/cache.py). The compile caches and the plans live on the engine volume so a restarted container does not
+# recompile; the server checks at start-up that it can write them (exit 2 with the path and the fix otherwise).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SVG_MODEL_DIR=/app/models/demo \
     SVG_HOST=0.0.0.0 \
     SVG_PORT=8000 \
     SVG_DEVICE=auto \
+    SVG_ENGINE_CACHE=/cache/engines \
     TORCHINDUCTOR_CACHE_DIR=/cache/engines/inductor \
     TRITON_CACHE_DIR=/cache/engines/triton
 # /models: other weights (set SVG_MODEL_DIR=/models/<dir>); /cache/engines: compiled engines and kernel caches.

@@ -58,7 +58,9 @@ def preflight(cfg) -> str | None:
                "install tensorrt, or use --sit-engine/--decoder-engine compile or eager"
     if "tensorrt" in engines and not device.startswith("cuda"):
         return f"engine 'tensorrt' needs a CUDA device; got device={device!r}"
-    return None
+    from server.paths import check_writable  # every cache directory it will write (case T31)
+
+    return check_writable(cfg, device)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ wrongly saved file is noticed; strip them yourself if you know the file is other
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -136,6 +137,9 @@ def save_svg(
         metadata[key] = str(value)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
+    # safetensors writes through a private temporary file and keeps its mode, 0600; a model directory is meant to be
+    # read by other users (the container's non-root user reading a host-exported directory): 0644 like torch.save.
+    os.chmod(path, 0o644)
 
 
 def read_svg(path: str | Path, kind: Optional[str] = None) -> tuple[dict, dict[str, torch.Tensor], dict[str, str]]:

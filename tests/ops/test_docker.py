@@ -23,8 +23,9 @@ def console_scripts() -> set[str]:
     text = (REPO / "pyproject.toml").read_text()
     section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
     return set(re.findall(r"^([A-Za-z0-9_.-]+)\s*=", section, flags=re.M))
-# Variables read outside ServerConfig: the attention backend switch (svg/attention.py).
-OTHER_SVG_VARIABLES = {"SVG_ATTENTION"}
+# Variables read outside ServerConfig: the attention backend switch (svg/attention.py), the TensorRT plan cache
+# (engines/cache.py) and the strict CUDA-graph check (engines/cudagraphs.py).
+OTHER_SVG_VARIABLES = {"SVG_ATTENTION", "SVG_ENGINE_CACHE", "SVG_CUDAGRAPHS_STRICT"}
 
 
 def allowed_svg_variables() -> set[str]:
@@ -104,6 +105,10 @@ def test_runtime_runs_as_non_root_with_health_check_volumes_and_entrypoint(stage
     volumes = json.loads(_one(runtime, "VOLUME"))
     assert set(volumes) == {"/models", "/cache/engines"}
     assert env["TORCHINDUCTOR_CACHE_DIR"].startswith("/cache/engines/")
+    # T31 / issue 14: TensorRT plans go to the engine volume that docs/operations.md promises, not ~/.cache.
+    assert env["SVG_ENGINE_CACHE"] == "/cache/engines"
+    owned = [rest for kw, rest in runtime["instructions"] if kw == "RUN" and "chown" in rest]
+    assert any("/cache/engines" in rest for rest in owned), "the image must give its user the engine volume"
     assert env["SVG_MODEL_DIR"] == "/app/models/demo"
     entrypoint = json.loads(_one(runtime, "ENTRYPOINT"))
     scripts = console_scripts()
