@@ -115,10 +115,21 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float | None = None) -> None:
-        """shadow ← d·shadow + (1 − d)·θ for every floating tensor; integer buffers are copied."""
+        """shadow ← d·shadow + (1 − d)·θ for every floating tensor; integer buffers are copied.
+
+        Raises:
+            KeyError: the model has a tensor the EMA has no shadow for, or the reverse (both are named).
+        """
         d = self.decay if decay is None else decay
         src = unwrap(model).state_dict()
-        for name, shadow in self.model.state_dict().items():
+        shadows = self.model.state_dict()
+        if src.keys() != shadows.keys():  # case T05: every tracked tensor moves; a mismatch is a bug, never skipped
+            live_only = sorted(src.keys() - shadows.keys())
+            shadow_only = sorted(shadows.keys() - src.keys())
+            raise KeyError(f"EMA and model disagree: live tensors without an EMA shadow {live_only[:5]}, EMA shadows "
+                           f"without a live tensor {shadow_only[:5]}; build the EMA from the unwrapped model it "
+                           f"tracks (training.common.unwrap), after every parameter exists")
+        for name, shadow in shadows.items():
             value = src[name]
             if shadow.is_floating_point():
                 # lerp: shadow + (1 − d)·(θ − shadow), one rounding per step (mul_ + add_ rounds twice)

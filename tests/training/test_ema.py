@@ -105,3 +105,20 @@ def test_label_dropout_only_in_train_mode():
     embedder.train()
     n = dropped()
     assert 1800 < n < 2200  # binomial(4000, 0.5): ±6.3 sigma
+
+
+def test_ema_raises_naming_a_live_parameter_without_a_shadow():
+    """Case T05: a parameter added after the EMA was built (or a wrapper prefix) was skipped silently."""
+    from training.common import EMA
+
+    from .helpers import MICRO_SIT
+
+    model = SiT(MICRO_SIT)
+    ema = EMA(model, 0.5)
+    model.extra_scale = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(KeyError, match=r"live tensors without an EMA shadow \['extra_scale'\]"):
+        ema.update(model)
+    del model.extra_scale
+    ema.model.register_buffer("stale", torch.zeros(1))
+    with pytest.raises(KeyError, match=r"EMA shadows without a live tensor \['stale'\]"):
+        ema.update(model)
