@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 from collections import deque
@@ -52,17 +53,76 @@ def endpoint_label(path: str) -> str:
     return path if path in ENDPOINTS else "other"
 
 
+def cuda_identity(cuda_ordinal: int) -> dict[str, str]:
+    """``{"uuid": "GPU-…", "pci_bus_id": "00000000:BB:DD.0"}`` of a CUDA device as torch sees it (after
+    ``CUDA_VISIBLE_DEVICES``); fields torch does not report are left out."""
+    import torch
+
+    props = torch.cuda.get_device_properties(cuda_ordinal)
+    identity = {}
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        identity["uuid"] = text if text.startswith(("GPU-", "MIG-")) else "GPU-" + text
+    if hasattr(props, "pci_bus_id") and hasattr(props, "pci_device_id"):
+        domain = getattr(props, "pci_domain_id", 0)
+        identity["pci_bus_id"] = f"{domain:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+    return identity
+
+
+def nvml_handle(nvml, cuda_ordinal: int, identity: dict[str, str] | None = None,
+                visible_devices: str | None = None):
+    """The NVML handle of the CUDA device ``cuda_ordinal``.
+
+    NVML numbers every GPU of the machine and ignores ``CUDA_VISIBLE_DEVICES``, so the CUDA ordinal is not an NVML
+    index: with ``CUDA_VISIBLE_DEVICES=2`` CUDA's device 0 is NVML's device 2. Resolved, in order, by the device's
+    UUID, by its PCI bus id, then by the ``CUDA_VISIBLE_DEVICES`` entry (an index, or a full or prefix ``GPU-`` UUID);
+    without any of them the ordinal is the NVML index (all GPUs visible).
+
+    Args:
+        nvml: the ``pynvml`` module (initialised). identity: from :func:`cuda_identity`.
+        visible_devices: the ``CUDA_VISIBLE_DEVICES`` value (None: unset).
+
+    Raises:
+        LookupError: ``visible_devices`` has no entry for the ordinal, or names a device NVML does not list.
+    """
+    identity = identity or {}
+    if identity.get("uuid", "").startswith("GPU-"):
+        return nvml.nvmlDeviceGetHandleByUUID(identity["uuid"])
+    if identity.get("pci_bus_id"):
+        return nvml.nvmlDeviceGetHandleByPciBusId(identity["pci_bus_id"])
+    if visible_devices is None or not visible_devices.strip():
+        return nvml.nvmlDeviceGetHandleByIndex(cuda_ordinal)
+    entries = [e.strip() for e in visible_devices.split(",") if e.strip()]
+    if cuda_ordinal >= len(entries):
+        raise LookupError(f"CUDA_VISIBLE_DEVICES={visible_devices!r} has no entry for CUDA device {cuda_ordinal}")
+    entry = entries[cuda_ordinal]
+    if entry.isdigit():
+        return nvml.nvmlDeviceGetHandleByIndex(int(entry))
+    for index in range(nvml.nvmlDeviceGetCount()):  # a UUID, possibly abbreviated as CUDA allows
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = nvml.nvmlDeviceGetUUID(handle)
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        if uuid.startswith(entry) or uuid.removeprefix("GPU-").startswith(entry):
+            return handle
+    raise LookupError(f"CUDA_VISIBLE_DEVICES entry {entry!r} matches no GPU that NVML lists")
+
+
 class _GpuCollector:
     """Reports ``svg_gpu_memory_bytes`` and ``svg_gpu_utilization_ratio`` through nvidia-ml-py, only with CUDA.
 
-    The import is deferred to the first scrape so that a CPU-only install needs neither the library nor a driver;
-    when either is missing the collector yields nothing.
+    The serving device is found by UUID / PCI bus id (:func:`nvml_handle`), not by passing the CUDA ordinal to NVML,
+    which ignores ``CUDA_VISIBLE_DEVICES`` and would report another GPU. The import is deferred to the first scrape
+    so that a CPU-only install needs neither the library nor a driver; when either is missing, or the device cannot
+    be matched, the collector yields nothing (the reason is kept in ``error``).
     """
 
     def __init__(self, device_index: int) -> None:
         self.device_index = device_index
         self._nvml = None
+        self._device = None
         self._tried = False
+        self.error: str | None = None
 
     def _handle(self):
         if not self._tried:
@@ -70,14 +130,15 @@ class _GpuCollector:
             try:
                 nvml = importlib.import_module("pynvml")
                 nvml.nvmlInit()
+                self._device = nvml_handle(nvml, self.device_index, cuda_identity(self.device_index),
+                                           os.environ.get("CUDA_VISIBLE_DEVICES"))
                 self._nvml = nvml
-            # No library, no driver, or pynvml's own NVMLError (not importable without the library): export nothing.
+            # No library, no driver, pynvml's own NVMLError (not importable without the library), or no match:
+            # export nothing.
             except Exception as exc:
                 self._nvml = None
                 self.error = repr(exc)
-        if self._nvml is None:
-            return None
-        return self._nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        return self._device if self._nvml is not None else None
 
     def collect(self):
         handle = self._handle()
