@@ -1,16 +1,22 @@
 """Locust scenarios for the SVG server: weighted generate / encode / edit / interpolate traffic with a data shape.
 
-Run it through the headless runner (``python -m loadtest.run``) or directly::
+Run it through the headless runner (``python -m loadtest.run``) or directly, with Locust's own user count, spawn
+rate and run time (this file defines no load shape, so ``-u``, ``-r`` and ``-t`` apply as usual)::
 
-    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless --shape-name burst \
-        --shape-users 16 --shape-duration 5m --csv out/locust --csv-full-history --html out/report.html
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless -u 8 -r 2 -t 600s
+
+or with one of our data shapes, by adding the shape file (only then is a shape applied)::
+
+    locust -f loadtest/locustfile.py,loadtest/shapefile.py --host http://127.0.0.1:8000 --headless \
+        --shape-name burst --shape-users 16 --shape-duration 5m --csv out/locust --csv-full-history
 
 Scenario weights (tasks of :class:`SVGUser`): generate 6 (mixed steps, guidance and image counts), encode 2 (a PNG
 made in memory with PIL), edit 1 (image + rectangular mask), interpolate 1, plus light ``/health`` and ``/models``
 reads. Every non-2xx answer is a failure, overload answers (429/503) included: that is what a client sees.
 
-The :class:`DataShape` load shape reads ``shapes/<name>.json`` (or a path) and scales it to ``--shape-duration``
-and ``--shape-users``; it ends the run. At shutdown a ``quitting`` hook sets the process exit code from the SLO
+The load shape (``shapefile.py``, :class:`DataShape`) reads ``shapes/<name>.json`` (or a path) and scales it to
+``--shape-duration`` and ``--shape-users``; it ends the run. A shape in this file would make Locust ignore ``-u``,
+``-r`` and ``-t`` (with only a warning), which is why it lives apart. At shutdown a ``quitting`` hook sets the process exit code from the SLO
 thresholds ``--slo-max-fail-ratio`` / ``--slo-max-p99-ms`` (0 pass, 1 breached), instead of Locust's default of
 exiting 1 on any single failure (case T25).
 """
@@ -21,11 +27,10 @@ import io
 import logging
 import random
 
-from locust import HttpUser, LoadTestShape, between, events, task
+from locust import HttpUser, between, events, task
 from PIL import Image, ImageDraw
 
 # Locust puts this file's folder on sys.path, so the sibling modules import by their plain names.
-from shape_spec import load_shape, parse_duration
 from slo import EXIT_PASS, EXIT_SLO_BREACHED, RunStats, Thresholds, breaches
 
 logger = logging.getLogger("svg.loadtest")
@@ -44,9 +49,11 @@ IMAGE_SIZE = 256  # upload side when --image-size is 0 and GET /models reports n
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
     """Our options, available as ``environment.parsed_options.<name>`` (and in the web UI)."""
-    parser.add_argument("--shape-name", default="steady", help="built-in shape (steady|burst|ramp) or a .json path")
-    parser.add_argument("--shape-users", type=int, default=4, help="peak number of concurrent users")
-    parser.add_argument("--shape-duration", default="20s", help="run length, e.g. 20s, 5m")
+    # Read only by shapefile.py's DataShape (when that file is loaded too); without it -u/-r/-t apply.
+    parser.add_argument("--shape-name", default="steady",
+                        help="with shapefile.py: built-in shape (steady|burst|ramp) or a .json path")
+    parser.add_argument("--shape-users", type=int, default=4, help="with shapefile.py: peak concurrent users")
+    parser.add_argument("--shape-duration", default="20s", help="with shapefile.py: run length, e.g. 20s, 5m")
     parser.add_argument("--max-steps", type=int, default=25, help="largest sampling step count a request asks for")
     parser.add_argument("--image-size", type=int, default=0,
                         help="side in pixels of uploaded test images (0: the model's image_size from GET /models)")
@@ -155,24 +162,6 @@ class SVGUser(HttpUser):
     @task(1)
     def read_only(self) -> None:
         self.client.get(random.choice(("/health", "/models")))
-
-
-class DataShape(LoadTestShape):
-    """Load shape from data (``shapes/*.json``), scaled to ``--shape-duration`` and ``--shape-users``.
-
-    Returns None after the duration, which stops the run. Spawn rate equals the peak user count per second, so each
-    stage change takes at most about a second.
-    """
-
-    def tick(self):
-        options = self.runner.environment.parsed_options
-        if not hasattr(self, "_shape"):
-            self._shape = load_shape(options.shape_name)
-            self._duration_s = parse_duration(options.shape_duration)
-        users = self._shape.users_at(self.get_run_time(), self._duration_s, options.shape_users)
-        if users is None:
-            return None
-        return users, float(options.shape_users)
 
 
 @events.quitting.add_listener

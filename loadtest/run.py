@@ -34,6 +34,7 @@ from .slo import EXIT_RUN_ERROR, SUMMARY_FIELDS, Thresholds, breaches, read_stat
 # locustfile reads the same variable.
 API_KEY_VARIABLE = "SVG_LOADTEST_API_KEY"
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+SHAPEFILE = LOCUSTFILE.with_name("shapefile.py")  # the data shape, loaded beside the scenarios
 CSV_PREFIX = "locust"
 # The files a headless run must leave behind, each with a header and at least one data row (T26).
 REQUIRED_CSV = ("stats", "failures", "stats_history")
@@ -88,7 +89,7 @@ def check_csv_files(out: Path, prefix: str = CSV_PREFIX, required: tuple[str, ..
 def locust_command(args: argparse.Namespace, out: Path) -> list[str]:
     """The headless Locust command line for these arguments."""
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", args.url,
+        sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{SHAPEFILE}", "--headless", "--host", args.url,
         "--shape-name", args.shape, "--shape-users", str(args.users), "--shape-duration", args.duration,
         "--max-steps", str(args.max_steps), "--image-size", str(args.image_size),
         "--slo-max-fail-ratio", str(args.max_fail_ratio), "--slo-max-p99-ms", str(args.max_p99_ms),

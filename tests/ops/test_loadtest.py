@@ -20,6 +20,8 @@ from .stub_server import StubServer
 
 REPO = Path(__file__).resolve().parents[2]
 STUB_KEY = "stub-key-0123456789"
+# The scenarios plus the data shape: what the runner loads when a shape is asked for.
+SHAPED = f"{REPO / 'loadtest' / 'locustfile.py'},{REPO / 'loadtest' / 'shapefile.py'}"
 
 
 def test_builtin_shapes_scale_to_duration_and_peak():
@@ -195,7 +197,7 @@ def test_plain_locust_with_our_shape_writes_csv_and_exits_by_the_slo(tmp_path):
     exit 1 on the first failure. (Loose numbers, so that a short, slow run cannot cross them by chance.)"""
     with StubServer(fail_every=5) as url:
         command = [
-            sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+            sys.executable, "-m", "locust", "-f", SHAPED, "--headless",
             "--host", url, "--shape-name", "steady", "--shape-users", "4", "--shape-duration", "8s",
             "--max-steps", "2", "--image-size", "32", "--slo-max-fail-ratio", "0.5",
             "--csv", str(tmp_path / "out"), "--csv-full-history", "--only-summary",
@@ -213,7 +215,7 @@ def test_users_take_class_labels_and_upload_size_from_the_model(tmp_path):
     stub = StubServer(num_classes=10, image_size=48)
     with stub as url:
         command = [
-            sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+            sys.executable, "-m", "locust", "-f", SHAPED, "--headless",
             "--host", url, "--shape-name", "steady", "--shape-users", "2", "--shape-duration", "6s",
             "--max-steps", "2", "--only-summary",
         ]
@@ -221,3 +223,25 @@ def test_users_take_class_labels_and_upload_size_from_the_model(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert stub.httpd.upload_sizes == {(48, 48)}
     assert stub.httpd.generate_classes and max(stub.httpd.generate_classes) < 10
+
+
+def test_plain_locust_honours_users_spawn_rate_and_run_time(tmp_path):
+    """`locust -f loadtest/locustfile.py --headless -u N -r R -t T` must run N users for T seconds; it used to run the
+    file's built-in 20-second, 4-user shape, with only a warning that -u/-r/-t were ignored."""
+    import time
+
+    with StubServer() as url:
+        command = [
+            sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+            "--host", url, "-u", "3", "-r", "3", "-t", "5s", "--max-steps", "2", "--image-size", "32",
+            "--csv", str(tmp_path / "out"), "--csv-full-history", "--only-summary",
+        ]
+        start = time.monotonic()
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        seconds = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ignored" not in result.stderr.lower(), result.stderr[-2000:]
+    with open(tmp_path / "out_stats_history.csv", newline="") as handle:
+        users = {int(row["User Count"]) for row in csv.DictReader(handle)}
+    assert max(users) == 3, users  # -u 3, not the shape's 4
+    assert seconds < 18, seconds  # -t 5s (+ start-up and stop), not the shape's 20 s
