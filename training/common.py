@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -161,14 +162,46 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
     return state
 
 
-def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for k, g in (generators or {}).items():
-        g.set_state(state["generators"][k])
+def set_rng_state(state: dict | None, generators: dict[str, torch.Generator] | None = None) -> list[str]:
+    """Restore what :func:`rng_state` saved, as far as this machine allows (case T14).
+
+    Returns:
+        Why the restore is not exact, one reason per RNG that could not be restored (empty when it is exact):
+        no ``rng`` state in the checkpoint, a CUDA RNG state saved on a GPU and resumed without one, a named
+        generator missing from the state, or a generator state of another device type. Those RNGs keep their fresh
+        seeding; the caller warns and records the run as not bit-exact. Never raises ``KeyError``.
+    """
+    if not state:
+        return ["the checkpoint holds no RNG state ('rng'): every RNG restarts from its seed"]
+    reasons = []
+    for key, restore in (("python", random.setstate), ("numpy", np.random.set_state), ("torch", torch.set_rng_state)):
+        if key in state:
+            restore(state[key])
+        else:
+            reasons.append(f"the checkpoint's RNG state has no {key!r} entry")
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda:
+        reasons.append("the CUDA RNG state was saved on a GPU and this run has none: CUDA draws are not restored")
+    saved = state.get("generators", {})
+    for name, generator in (generators or {}).items():
+        if name not in saved:
+            reasons.append(f"the checkpoint has no state for the {name!r} generator: it restarts from its seed")
+            continue
+        try:
+            generator.set_state(saved[name])
+        except RuntimeError as exc:  # e.g. a CUDA generator's state (16 bytes) into a CPU generator (5056 bytes)
+            reasons.append(f"the {name!r} generator state does not fit this device's generator ({exc}); it "
+                           "restarts from its seed")
+    return reasons
+
+
+def warn_not_exact(reasons: list[str], what: str) -> None:
+    """Log once that a resumed run is not bit-exact, with every reason."""
+    if reasons:
+        log.warning("%s: this resume is NOT bit-exact (recorded in the checkpoint and the result file): %s",
+                    what, "; ".join(reasons))
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -217,19 +250,55 @@ def _fmt(value) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- batches
+class SeededItems(Dataset):
+    """A dataset whose item ``(epoch, index)`` is drawn with every RNG seeded from ``(seed, epoch, index)``.
+
+    Random augmentation (e.g. a horizontal flip) then depends only on which item of which epoch is read: not on
+    the worker that reads it, the number of workers, or what ran before in the process. So a run resumed mid-epoch
+    sees exactly the items an uninterrupted run saw (case T14), and the caller's global RNGs (label dropout inside
+    the model draws from torch's) are left untouched: Python, NumPy and torch CPU states are restored after each
+    item.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        item_seed = ((self.seed * 1_000_003 + epoch) * 2_147_483_647 + index) % 2**63
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
 class Batches:
     """Endless, resumable stream of ``(images, labels)`` batches for one rank.
 
     Epoch ``e`` uses the permutation drawn from ``seed + e`` (identical on all ranks); rank ``r`` takes every
     ``world``-th index of it, and the stream can restart at any ``(epoch, batch)`` position, so a resumed run sees
     exactly the batches an uninterrupted one would. In-memory ``TensorDataset``s are indexed directly;
-    other datasets go through a ``DataLoader`` with ``workers`` processes.
+    other datasets go through a ``DataLoader`` with ``workers`` processes, whose items are drawn by
+    :class:`SeededItems` and whose own seed comes from a generator of ``seed + epoch`` (never the global RNG), so
+    augmentation and the model's RNG draws match an uninterrupted run with any number of workers (case T14).
+    :meth:`state` is the sampler state a checkpoint keeps; :meth:`state_mismatch` checks it on resume.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
                  workers: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} out of range; allowed: >= 1")
+        if workers < 0:
+            raise ValueError(f"workers={workers} out of range; allowed: >= 0")
         self.dataset, self.batch_size, self.rank, self.world = dataset, batch_size, rank, world
         self.seed, self.workers = seed, workers
         per_rank = len(dataset) // world
@@ -243,37 +312,90 @@ class Batches:
         perm = torch.randperm(len(self.dataset), generator=g)
         return perm[self.rank :: self.world][: self.batches_per_epoch * self.batch_size]
 
+    def state(self, start_step: int) -> dict:
+        """The sampler state at global batch ``start_step``: position plus everything that fixes the order."""
+        epoch, offset = divmod(start_step, self.batches_per_epoch)
+        return {"epoch": epoch, "batch_in_epoch": offset, "seed": self.seed, "batch_size": self.batch_size,
+                "rank": self.rank, "world": self.world, "dataset_len": len(self.dataset),
+                "seeded_items": not isinstance(self.dataset, TensorDataset)}
+
+    def state_mismatch(self, saved: dict | None, start_step: int) -> list[str]:
+        """Why resuming at ``start_step`` would not continue the saved stream (empty when it does)."""
+        if not saved:
+            return ["the checkpoint holds no data-sampler state ('data'): the batch order after resume is not "
+                    "verified"]
+        now = self.state(start_step)
+        return [f"data sampler {k} {saved.get(k)} → {v}" for k, v in now.items() if saved.get(k) != v]
+
     def iterate(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches from global batch number ``start_step`` on (batch ``k`` of the whole run)."""
         epoch, offset = divmod(start_step, self.batches_per_epoch)
+        items = None if isinstance(self.dataset, TensorDataset) else SeededItems(self.dataset, self.seed)
         while True:
             idx = self._indices(epoch)[offset * self.batch_size :].view(-1, self.batch_size)
-            if isinstance(self.dataset, TensorDataset):
+            if items is None:
                 for rows in idx:
                     yield tuple(t[rows] for t in self.dataset.tensors)
             else:
-                loader = DataLoader(self.dataset, batch_sampler=idx.tolist(), num_workers=self.workers,
-                                    pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                keys = [[(epoch, i) for i in rows] for rows in idx.tolist()]
+                # The loader draws its workers' base seed from this generator, not from the global RNG.
+                loader = DataLoader(items, batch_sampler=keys, num_workers=self.workers,
+                                    pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                                    generator=torch.Generator().manual_seed(self.seed + epoch))
                 yield from loader
             epoch, offset = epoch + 1, 0
 
 
 # --------------------------------------------------------------------------------------------------------- logging
 class Progress:
-    """Periodic log lines with step, loss, steps/s and ETA (rank 0 only)."""
+    """Training progress (rank 0 only): a tqdm bar with steps/s, ETA and the latest scalars when stderr is a terminal,
+    and a plain log line every ``every`` steps (step, scalars, steps/s, ETA) in any case, so log files and CI logs
+    read the same. On a terminal the log lines are printed above the bar instead of through it.
 
-    def __init__(self, total_steps: int, start_step: int, every: int, name: str, enabled: bool = True):
+    Args:
+        total_steps: the run's last step. start_step: the step it (re)starts from. every: steps between log lines.
+        name: the stage name. enabled: False on ranks other than 0. tty: force the bar on/off (default: whether
+            stderr is a terminal).
+    """
+
+    def __init__(self, total_steps: int, start_step: int, every: int, name: str, enabled: bool = True,
+                 tty: bool | None = None):
         self.total, self.every, self.name, self.enabled = total_steps, max(1, every), name, enabled
         self.t0, self.s0 = time.perf_counter(), start_step
+        tty = sys.stderr.isatty() if tty is None else tty
+        self.bar = None
+        if enabled and tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, smoothing=0.1)
 
     def __call__(self, step: int, **scalars: float) -> None:
-        if not self.enabled or (step % self.every and step != self.total):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+        if step % self.every and step != self.total:
             return
         rate = (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else math.inf
         values = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())
-        log.info("%s step %d/%d %s | %.2f steps/s | ETA %s", self.name, step, self.total, values, rate,
-                 _fmt_seconds(eta))
+        if self.bar is None:
+            log.info("%s step %d/%d %s | %.2f steps/s | ETA %s", self.name, step, self.total, values, rate,
+                     _fmt_seconds(eta))
+            return
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            log.info("%s step %d/%d %s | %.2f steps/s | ETA %s", self.name, step, self.total, values, rate,
+                     _fmt_seconds(eta))
+
+    def close(self) -> None:
+        """End the bar (no-op without one)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _fmt_seconds(s: float) -> str:

@@ -33,10 +33,10 @@ from torch import nn
 from svg.config import ae_preset
 from svg.dinov3 import patch_tokens
 from svg.residual import match_distribution
-from training.cli import require_data, require_file, usage_errors
+from training.cli import check_range, require_data, require_file, usage_errors
 from training.common import (Batches, Dist, Progress, ResumeError, check_resume_settings, cleanup_distributed,
                              load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             setup_distributed, setup_logging, unwrap)
+                             setup_distributed, setup_logging, unwrap, warn_not_exact)
 from training.data import build_dataset
 from training.losses import LPIPS, EncoderFeatureLoss, PatchDiscriminator, adaptive_weight, hinge_d_loss
 
@@ -178,11 +178,14 @@ def build_optimizers(model: Stage1Model, loss_fn: Stage1Loss,
 
 
 def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, perceptual: nn.Module | None,
-                 dist_info: Dist | None = None, preset: str | None = None) -> nn.Module:
+                 dist_info: Dist | None = None, preset: str | None = None, workers: int = 0,
+                 report: dict | None = None) -> nn.Module:
     """Train ``ae``'s residual encoder + decoder (in place); resumes from ``out/stage1_last.pt``.
 
     Returns the trained autoencoder in eval mode. DDP when ``dist_info.world > 1``. ``preset`` (the autoencoder
-    preset name) is recorded in the checkpoint for the resume check.
+    preset name) is recorded in the checkpoint for the resume check. ``workers``: DataLoader processes for
+    ImageFolder data (any count gives the same batches, case T14). ``report`` (a dict, optional) receives
+    ``bit_exact`` and ``not_bit_exact_reasons``: why a resume could not continue the RNG and data streams exactly.
 
     Raises:
         ResumeError: the checkpoint has another autoencoder config (preset), world size or a setting outside
@@ -195,6 +198,9 @@ def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, p
     loss_fn = Stage1Loss(perceptual, cfg).to(d.device)
     opt_g, opt_d = build_optimizers(model, loss_fn, cfg)
     start = 0
+    not_exact: list[str] = []
+    sampler = Batches(build_dataset(data, ae.config.dino.img_size), cfg.batch_size, d.rank, d.world,
+                      seed=cfg.seed, workers=workers)
     ckpt = load_checkpoint(out / "stage1_last.pt")
     if ckpt is not None:
         _check_compatible(out, ckpt, ae.config.to_dict(), preset, cfg, d)
@@ -204,7 +210,11 @@ def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, p
             loss_fn.discriminator.load_state_dict(ckpt["discriminator"])
             opt_d.load_state_dict(ckpt["opt_d"])
         start = ckpt["step"]
-        set_rng_state(ckpt["rng"][d.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        rngs = ckpt.get("rng")
+        reasons = set_rng_state(rngs[d.rank] if isinstance(rngs, list) else rngs)
+        reasons += sampler.state_mismatch(ckpt.get("data"), start)
+        warn_not_exact(reasons, f"stage1 resume from {out / 'stage1_last.pt'}")
+        not_exact = list(ckpt.get("not_bit_exact", [])) + reasons
         log.info("stage1: resumed at step %d", start)
     else:
         torch.manual_seed(cfg.seed * d.world + d.rank)  # per-rank masking draws
@@ -214,8 +224,7 @@ def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, p
     disc = loss_fn.discriminator
     if disc is not None and d.world > 1:
         disc = nn.parallel.SyncBatchNorm.convert_sync_batchnorm(disc)
-    batches = Batches(build_dataset(data, ae.config.dino.img_size), cfg.batch_size, d.rank, d.world,
-                      seed=cfg.seed).iterate(start)
+    batches = sampler.iterate(start)
     progress = Progress(cfg.steps, start, cfg.log_every, "stage1", enabled=d.main)
     last_layer = unwrap(model).ae.decoder.conv_out.weight
     ddp.train()
@@ -235,7 +244,11 @@ def train_stage1(ae: nn.Module, data: str, out: str | Path, cfg: Stage1Config, p
             logs["d_loss"] = d_loss.item()
         progress(step, **logs)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            _save(out, model, loss_fn, opt_g, opt_d, step, cfg, d, preset)
+            _save(out, model, loss_fn, opt_g, opt_d, step, cfg, d, preset,
+                  {"data": sampler.state(step), "not_bit_exact": not_exact})
+    progress.close()
+    if report is not None:
+        report.update(bit_exact=not not_exact, not_bit_exact_reasons=not_exact)
     return unwrap(model).ae.eval()
 
 
@@ -249,7 +262,7 @@ def _check_compatible(out: Path, ckpt: dict, ae_config: dict, preset: str | None
         again = f"--preset {old}" if old else "the checkpoint's preset"
         raise ResumeError(f"the checkpoint in {out} {what}. Resume with {again}, or start a new run with "
                           f"another --out.")
-    if isinstance(ckpt["rng"], list) and len(ckpt["rng"]) != d.world:
+    if isinstance(ckpt.get("rng"), list) and len(ckpt["rng"]) != d.world:
         raise ResumeError(f"checkpoint {out / 'stage1_last.pt'} was written with world={len(ckpt['rng'])}; this run "
                           f"has world={d.world}. Resume with the same number of processes.")
     current = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
@@ -257,7 +270,7 @@ def _check_compatible(out: Path, ckpt: dict, ae_config: dict, preset: str | None
 
 
 def _save(out: Path, model, loss_fn, opt_g, opt_d, step: int, cfg: Stage1Config, d: Dist,
-          preset: str | None = None) -> None:
+          preset: str | None = None, extra: dict | None = None) -> None:
     rngs = [None] * d.world
     if d.world > 1:
         torch.distributed.all_gather_object(rngs, rng_state())
@@ -267,7 +280,7 @@ def _save(out: Path, model, loss_fn, opt_g, opt_d, step: int, cfg: Stage1Config,
         return
     state = {"model": unwrap(model).state_dict(), "opt_g": opt_g.state_dict(), "step": step,
              "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "rng": rngs,
-             "ae_config": unwrap(model).ae.config.to_dict(), "preset": preset}
+             "ae_config": unwrap(model).ae.config.to_dict(), "preset": preset, **(extra or {})}
     if opt_d is not None:
         state.update(discriminator=unwrap(loss_fn.discriminator).state_dict(), opt_d=opt_d.state_dict())
     save_checkpoint(out / "stage1_last.pt", state)
@@ -300,11 +313,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--disc-layers", type=int, default=Stage1Config.disc_layers)
     p.add_argument("--perceptual-weight", type=float, default=Stage1Config.perceptual_weight)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=Stage1Config.log_every, help="steps between log lines")
+    p.add_argument("--ckpt-every", type=int, default=Stage1Config.ckpt_every,
+                   help="steps between checkpoints (<out>/stage1_last.pt)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader processes for ImageFolder data (the batches are the same for any count)")
     p.add_argument("--export", default=None, help="write autoencoder.safetensors into this directory")
     a = p.parse_args(argv)
     with usage_errors(p):
         cfg = Stage1Config(steps=a.steps, batch_size=a.batch_size, lr=a.lr, disc_start=a.disc_start,
-                           disc_layers=a.disc_layers, perceptual_weight=a.perceptual_weight, seed=a.seed)
+                           disc_layers=a.disc_layers, perceptual_weight=a.perceptual_weight, seed=a.seed,
+                           log_every=a.log_every, ckpt_every=a.ckpt_every)
+        check_range("workers", a.workers, a.workers >= 0, ">= 0")
     with usage_errors(p, "--preset"):
         ae_preset(a.preset)
     require_data(p, a.data)
@@ -317,14 +337,15 @@ def main(argv: list[str] | None = None) -> None:
     ae = build_autoencoder(a.preset, a.encoder)
     perceptual = build_perceptual(ae.encoder, a.lpips_vgg, a.lpips_lin)
     t0 = time.perf_counter()
+    report: dict = {}
     with usage_errors(p, errors=(ResumeError,)):  # a resume refusal (T13), checked before the first step
-        ae = train_stage1(ae, a.data, a.out, cfg, perceptual, d, preset=a.preset)
+        ae = train_stage1(ae, a.data, a.out, cfg, perceptual, d, preset=a.preset, workers=a.workers, report=report)
     if d.main:
         from training.export import export_autoencoder
 
         test = build_dataset(a.data, ae.config.dino.img_size, "test")
         images = test.tensors[0][:2000] if hasattr(test, "tensors") else None
-        result = {"steps": a.steps, "wall_s": round(time.perf_counter() - t0, 1)}
+        result = {"steps": a.steps, "wall_s": round(time.perf_counter() - t0, 1), **report}
         if images is not None:
             result["psnr_db"] = round(reconstruction_psnr(ae, images), 2)
         (Path(a.out) / "stage1_result.json").write_text(json.dumps(result, indent=2))

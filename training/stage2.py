@@ -41,7 +41,7 @@ from training.cli import check_range, require_data, require_model_files, usage_e
 from training.common import (EMA, Batches, Dist, Progress, ResumeError, check_resume_settings,
                              cleanup_distributed, load_checkpoint, no_sync_unless, rank_seed, rng_state,
                              save_checkpoint, seed_everything, set_rng_state, setup_distributed, setup_logging,
-                             unwrap)
+                             unwrap, warn_not_exact)
 
 log = logging.getLogger("training.stage2")
 
@@ -130,6 +130,10 @@ class Stage2Trainer:
         self.gen = torch.Generator(device=self.d.device).manual_seed(seed)  # noise and t
         self.step_count, self.skipped, self.consecutive_skips = 0, 0, 0
         self.wall_before, self._t0 = 0.0, time.perf_counter()  # training seconds of earlier segments, this start
+        # Why this run is not bit-exact w.r.t. an uninterrupted one (T14): kept across resumes, saved, reported.
+        self.not_bit_exact: list[str] = []
+        self.sampler: Batches | None = None  # the data stream's sampler (check_data), its state is saved
+        self.resumed_data_state: dict | None = None  # what the checkpoint held, for check_data()
 
     def elapsed(self) -> float:
         """Training wall time in seconds over all resumed segments."""
@@ -142,7 +146,8 @@ class Stage2Trainer:
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "step": self.step_count, "skipped": self.skipped, "config": asdict(self.cfg),
                 "sit_config": unwrap(self.model).config.to_dict(), "preset": self.preset, "world": self.d.world,
-                "wall_s": self.elapsed()}
+                "wall_s": self.elapsed(), "not_bit_exact": list(self.not_bit_exact),
+                "data": self.sampler.state(self.step_count * self.cfg.accum) if self.sampler else None}
 
     def save(self, path: str | Path) -> None:
         """Checkpoint with every rank's RNG state (gathered to rank 0, which writes)."""
@@ -175,8 +180,28 @@ class Stage2Trainer:
         self.sched.load_state_dict(ckpt["scheduler"])
         self.step_count, self.skipped = ckpt["step"], ckpt["skipped"]
         self.wall_before, self._t0 = float(ckpt.get("wall_s", 0.0)), time.perf_counter()
-        set_rng_state(ckpt["rng"][self.d.rank], {"noise": self.gen})
+        rngs = ckpt.get("rng")
+        reasons = set_rng_state(rngs[self.d.rank] if rngs else None, {"noise": self.gen})
+        warn_not_exact(reasons, f"stage2 resume from {path}")
+        self.not_bit_exact = list(ckpt.get("not_bit_exact", [])) + reasons
+        self.resumed_data_state = ckpt.get("data")
         return True
+
+    def check_data(self, batches: Batches, start_batch: int) -> None:
+        """Register the data stream's sampler (its state goes into every checkpoint) and, after a resume, compare it
+        with the checkpoint's: a mismatch, or an older checkpoint without it, is logged and recorded as not
+        bit-exact (T14)."""
+        self.sampler = batches
+        if self.step_count == 0:
+            return
+        reasons = batches.state_mismatch(self.resumed_data_state, start_batch)
+        warn_not_exact(reasons, "stage2 resume")
+        self.not_bit_exact += reasons
+
+    @property
+    def bit_exact(self) -> bool:
+        """Whether every resume so far restored RNGs and data order exactly."""
+        return not self.not_bit_exact
 
     def _check_compatible(self, path: Path, ckpt: dict) -> None:
         sit_config = unwrap(self.model).config.to_dict()
@@ -267,6 +292,7 @@ def train_stage2(trainer: Stage2Trainer, batches, out: Path, sit_dir: Path | Non
         progress(trainer.step_count, **logs)
         if trainer.step_count % cfg.ckpt_every == 0 or trainer.step_count == cfg.steps:
             trainer.save(out / "stage2_last.pt")
+    progress.close()
     return trainer.ema.model
 
 
@@ -278,7 +304,8 @@ class TokenBatches:
         from torch.utils.data import TensorDataset
 
         self.norm = norm
-        self.it = Batches(TensorDataset(tokens, labels), batch_size, d.rank, d.world, seed).iterate(start_batch)
+        self.batches = Batches(TensorDataset(tokens, labels), batch_size, d.rank, d.world, seed)
+        self.it = self.batches.iterate(start_batch)
 
     def __iter__(self):
         return self
@@ -349,8 +376,11 @@ def main(argv: list[str] | None = None) -> None:
             if d.main:
                 torch.save({"tokens": tokens, "labels": labels}, cache)
         batches = TokenBatches(tokens, labels, norm.cpu(), cfg.batch_size, d, cfg.seed, start_batch)
+        trainer.check_data(batches.batches, start_batch)
     else:  # encode on the fly (reference behaviour at ImageNet scale)
-        raw = Batches(dataset, cfg.batch_size, d.rank, d.world, cfg.seed, a.workers).iterate(start_batch)
+        sampler = Batches(dataset, cfg.batch_size, d.rank, d.world, cfg.seed, a.workers)
+        trainer.check_data(sampler, start_batch)
+        raw = sampler.iterate(start_batch)
 
         def on_the_fly():
             from svg.latent import to_tokens
@@ -365,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     if d.main:
         export_sit(ema, model_dir, {"preset": a.preset, "train_steps": str(trainer.step_count)})
         result = {"steps": trainer.step_count, "wall_s": round(trainer.elapsed(), 1),
-                  "skipped_steps": trainer.skipped}
+                  "skipped_steps": trainer.skipped, "bit_exact": trainer.bit_exact,
+                  "not_bit_exact_reasons": trainer.not_bit_exact}
         (out / "stage2_result.json").write_text(json.dumps(result, indent=2))
         log.info("stage2 done: %s", result)
     cleanup_distributed()
