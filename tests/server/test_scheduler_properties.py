@@ -158,8 +158,11 @@ class Model:
         assert plan.cost == running_cost <= self.sched.max_rows
         if not plan.rows:
             assert plan.wait_s is None or plan.wait_s >= 0
-            if plan.wait_s:
-                self.clock.t += plan.wait_s
+            if plan.wait_s is not None:
+                # A real sleep lasts at least a microsecond. Sleeping exactly wait_s can leave the fake clock a
+                # rounding error short of the batch-wait threshold (the hint is oldest + max_wait_s − now, the check
+                # now − oldest >= max_wait_s), and wait_s then shrinks to ~1e-17, which no longer moves the clock.
+                self.clock.t += max(plan.wait_s, 1e-6)
             return
 
         # The fake worker: each row needs the request's step count of evaluations.
