@@ -134,8 +134,13 @@ class Model:
             oldest = self.reqs[self.waiting[0][0]].arrival
             ready = waiting_cost >= self.sched.max_rows or now - oldest >= self.sched.max_wait_s
         admitted, started = [], []
+        cap = self.sched.max_requests_per_step
+        active = {k[0] for k in self.running}
         while ready and self.waiting and running_cost + self.cost(self.waiting[0]) <= self.sched.max_rows:
+            if cap is not None and self.waiting[0][0] not in active and len(active) >= cap:
+                break  # max_requests_per_step distinct requests already share the step; FIFO: the head waits
             key = self.waiting.popleft()
+            active.add(key[0])
             admitted.append(key)
             running_cost += self.cost(key)
             req = self.reqs[key[0]]
@@ -146,7 +151,8 @@ class Model:
         assert list(plan.admitted) == admitted, self.log
         if self.waiting and ready:
             # The head that was not admitted really does not fit (this is the no-backfill rule's other half).
-            assert running_cost + self.cost(self.waiting[0]) > self.sched.max_rows
+            assert running_cost + self.cost(self.waiting[0]) > self.sched.max_rows or (
+                cap is not None and self.waiting[0][0] not in active and len(active) >= cap)
             assert all(k not in set(plan.rows) for k in self.waiting), self.log  # nobody behind it overtook
         assert [rid for rid, _ in plan.started] == [rid for rid, _ in started], self.log
         for (_, got), (_, want) in zip(plan.started, started):
@@ -210,10 +216,12 @@ OPS = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(max_rows=st.integers(2, 6), max_queue=st.integers(1, 4), max_wait_s=st.sampled_from([0.0, 0.05, 0.3]),
-       ops=st.lists(OPS, max_size=60))
-def test_scheduler_follows_the_policy_under_random_traffic(max_rows, max_queue, max_wait_s, ops):
+       max_requests_per_step=st.sampled_from([None, None, 1, 2]), ops=st.lists(OPS, max_size=60))
+def test_scheduler_follows_the_policy_under_random_traffic(max_rows, max_queue, max_wait_s, max_requests_per_step,
+                                                           ops):
     clock = FakeClock()
-    sched = Scheduler(max_rows=max_rows, max_queue=max_queue, max_wait_s=max_wait_s, clock=clock)
+    sched = Scheduler(max_rows=max_rows, max_queue=max_queue, max_wait_s=max_wait_s,
+                      max_requests_per_step=max_requests_per_step, clock=clock)
     model = Model(sched, clock, step_s=0.1)
     for op in ops:
         if op[0] == "submit":
