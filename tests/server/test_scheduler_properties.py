@@ -268,3 +268,19 @@ def test_queue_full_exactly_at_max_queue():
     sched.submit("b", [1])
     with pytest.raises(QueueFull):
         sched.submit("c", [1])
+
+
+@pytest.mark.parametrize("step_s,low,high", [(1.0, 20, 30), (0.01, 1, 1)])
+def test_retry_after_follows_the_measured_step_time(step_s, low, high):
+    # Retry-After estimates when one waiting request's worth of rows will have run: about 25 steps (the default step
+    # count) of the measured step period. Slow steps must give a long hint, fast steps the minimum of 1 s.
+    clock = FakeClock()
+    sched = Scheduler(max_rows=2, max_queue=1, max_wait_s=0.0, clock=clock, step_time_hint_s=0.05)
+    sched.submit("running", [2])
+    for _ in range(30):  # the running request never finishes here; each step lasts step_s
+        assert sched.plan().rows == [("running", 0)]
+        clock.t += step_s
+    sched.submit("queued", [2])
+    with pytest.raises(QueueFull) as exc:
+        sched.submit("refused", [2])
+    assert low <= exc.value.retry_after_s <= high, exc.value.retry_after_s
