@@ -1,4 +1,11 @@
-"""Shared pytest settings: where the read-only shared material lives, and GPU/TensorRT skips."""
+"""Shared pytest settings: where the read-only shared material lives, GPU/TensorRT skips, and the rule that our own
+data (parity fixtures, MNIST) is never skipped silently in CI.
+
+Skips are only for what a machine may legitimately lack: a CUDA GPU, TensorRT, an optional system package. The
+parity fixtures and MNIST under ``../shared`` are part of the project's test data: with ``CI=true`` or
+``SVG_REQUIRE_FIXTURES=1`` a test that needs them FAILS when they are missing, naming the missing path. Elsewhere
+(a developer's clone without ``../shared``) those tests skip with the same message.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,20 @@ PARITY_DIR = SHARED / "fixtures" / "parity"
 MNIST_PATH = SHARED / "data" / "mnist.npz"
 
 
+def fixtures_required() -> bool:
+    """True in CI (``CI=true``, as CI systems set it) or with ``SVG_REQUIRE_FIXTURES=1``."""
+    return os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get("SVG_REQUIRE_FIXTURES") == "1"
+
+
+def missing_shared_data(what: str, path: Path) -> None:
+    """Fail (CI / SVG_REQUIRE_FIXTURES=1) or skip (elsewhere) a test whose shared data at ``path`` is missing."""
+    message = (f"{what} not found at {path}: the project's test data lives in ../shared next to the checkout "
+               f"(or set SVG_SHARED_DIR)")
+    if fixtures_required():
+        pytest.fail(f"{message}; CI=true / SVG_REQUIRE_FIXTURES=1 make this a failure, not a skip", pytrace=False)
+    pytest.skip(message)
+
+
 def _has_cuda() -> bool:
     try:
         import torch
@@ -28,6 +49,10 @@ def _has_cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:  # torch missing entirely: no GPU either
         return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mnist: needs ../shared/data/mnist.npz (fails in CI when missing)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,8 +67,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_trt)
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("mnist") is not None and not MNIST_PATH.is_file():
+        missing_shared_data("MNIST (mnist.npz)", MNIST_PATH)
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     if not (PARITY_DIR / "manifest.json").exists():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR} (set SVG_SHARED_DIR)")
+        missing_shared_data("parity fixtures (manifest.json)", PARITY_DIR / "manifest.json")
     return PARITY_DIR

@@ -14,7 +14,12 @@ def test_bench_rows_and_csv(tmp_path):
                       rungs=["eager-fp32", "reference-loop", "tensorrt"], decode=False)
     by_rung = {r.rung: r for r in rows}
     assert set(by_rung) == {"eager-fp32", "reference-loop", "tensorrt"}
-    assert by_rung["eager-fp32"].images_per_s > 0
+    eager = by_rung["eager-fp32"]
+    # One repeat of a batch of 1: images/s is the inverse of that run's latency (both rounded in the row), and
+    # p50 = p99; the column is the measurement, not an arbitrary positive number.
+    assert eager.latency_p50_ms == eager.latency_p99_ms > 0
+    assert abs(eager.images_per_s * eager.latency_p50_ms / 1e3 - 1.0) < 0.02, eager
+    assert float(eager.tflop_per_image) > 0 and 0 <= float(eager.mfu or 0) < 1
     assert by_rung["eager-fp32"].latent_max_abs_diff == "0"
     # The reference loop (two fp32 forwards per step) reaches the same latents as the batched sampler.
     assert float(by_rung["reference-loop"].latent_max_abs_diff) < 1e-5

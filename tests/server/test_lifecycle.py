@@ -1,6 +1,7 @@
 """Start-up over real HTTP (uvicorn in a thread): /health answers while the model loads, /ready and the model
 endpoints answer 503 until it is loaded and warmed up; a half-precision (float16) path still returns finite images
-or the 500 ``non-finite output`` error, never a garbage PNG (B01)."""
+or the 500 ``non-finite output`` error, never a garbage PNG (B01); bfloat16 on the CPU must succeed and match
+float32 up to rounding."""
 
 from __future__ import annotations
 
@@ -75,19 +76,47 @@ def test_load_failure_is_reported_on_health(tmp_path):
         assert c.get("/ready").status_code == 503
 
 
-@pytest.mark.parametrize("device,dtype", [
-    ("cpu", "bfloat16"),
-    pytest.param("cuda", "float16", marks=pytest.mark.gpu),  # the B01 path; fp16 on CPU is impractically slow
-])
-def test_half_precision_generate_is_finite_or_refused(model_dir, device, dtype):
+def _generate_png(model_dir, device, dtype, body) -> httpx.Response:
     cfg = ServerConfig(model_dir=model_dir, device=device, dtype=dtype, max_rows=2, decode_batch=1, warmup=False)
     with ThreadServer(create_app(cfg)) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
         deadline = time.monotonic() + 120
         while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
-        r = c.post("/generate", json={"class_id": 207, "steps": 2, "cfg": 4.0, "seed": 0})
-        if r.status_code == 500:
-            assert r.json()["error"] == "non-finite output"
-        else:
-            assert r.status_code == 200, r.text
-            assert r.json()["images"][0]["png_base64"]
+        return c.post("/generate", json=body)
+
+
+def _grey(response: httpx.Response):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    raw = base64.b64decode(response.json()["images"][0]["png_base64"])
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=np.float64)
+
+
+BODY = {"class_id": 207, "steps": 2, "cfg": 4.0, "seed": 0}
+
+
+def test_bfloat16_generate_is_finite_and_close_to_float32(model_dir):
+    # bf16 on the CPU must work: a 500 "non-finite output" here is a bug, not an acceptable answer (an always-NaN
+    # bf16 path would otherwise pass). The image must also be the float32 image up to bf16 rounding.
+    r = _generate_png(model_dir, "cpu", "bfloat16", BODY)
+    assert r.status_code == 200, r.text
+    ref = _generate_png(model_dir, "cpu", "float32", BODY)
+    assert ref.status_code == 200, ref.text
+    diff = abs(_grey(r) - _grey(ref))
+    assert diff.mean() < 4.0 and diff.max() < 64, (diff.mean(), diff.max())
+
+
+@pytest.mark.gpu
+def test_float16_generate_is_finite_or_refused_on_gpu(model_dir):
+    # The B01 path: fp16 may overflow; then the server must refuse with the non-finite error, never send garbage.
+    # (fp16 on the CPU is impractically slow.)
+    r = _generate_png(model_dir, "cuda", "float16", BODY)
+    if r.status_code == 500:
+        assert r.json()["error"] == "non-finite output"
+    else:
+        assert r.status_code == 200, r.text
+        assert _grey(r).std() > 0  # a real image, not a constant fill

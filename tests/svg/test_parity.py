@@ -14,8 +14,10 @@ from safetensors.torch import load_file, save_file
 from svg import parity
 from tests.conftest import PARITY_DIR
 
+# Without the manifest, one placeholder case still runs so that the parity_dir fixture fails it in CI (an empty
+# parameter list would be a silent skip).
 CASES = sorted(json.loads((PARITY_DIR / "manifest.json").read_text())["files"]) if (
-    PARITY_DIR / "manifest.json").exists() else []
+    PARITY_DIR / "manifest.json").exists() else ["<parity manifest missing>"]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from svg.sit import SiT
 from tests.training.helpers import MICRO_SIT
 from training.common import Dist, rank_seed
 from training.stage2 import Stage2Config, Stage2Trainer
@@ -43,6 +44,14 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             return allreduce_hook(state, bucket)
 
         trainer.ddp.register_comm_hook(None, counting_hook)
+        # adaLN-Zero makes most gradients exactly 0 at the first step (23 of 25 tensors for this model), which would
+        # leave the comparison below checking one layer. Give the zero-initialised tensors small values, the same
+        # on both ranks (fixed generator, in place, so DDP's replicas stay equal), so every layer has a gradient.
+        perturb = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                if p.requires_grad and not p.any():
+                    p.copy_(0.05 * torch.randn(p.shape, generator=perturb))
         init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.step(lambda i: _data(rank, i))
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
@@ -64,12 +73,14 @@ def test_ddp_two_ranks_gloo(tmp_path):
 
     # T15: one all-reduce round (the micro model fits one bucket) per optimizer step
     assert r0["allreduce_calls"] == r1["allreduce_calls"] == 1
+    trainable = [n for n, p in SiT(CONFIG).named_parameters() if p.requires_grad]
+    assert sorted(r0["grads"]) == sorted(trainable)  # every trainable tensor got a gradient...
+    assert all(bool(g.abs().sum() > 0) for g in r0["grads"].values()), \
+        [n for n, g in r0["grads"].items() if not g.any()]  # ...and none is identically zero
     for name, g in r0["grads"].items():
         torch.testing.assert_close(g, r1["grads"][name], rtol=0, atol=0)
 
     # T06: the checkpoint written from DDP carries no wrapper prefix and loads strictly into a fresh model
-    from svg.sit import SiT
-
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     for part in ("model", "ema"):
         assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt[part]), part
@@ -89,5 +100,5 @@ def test_ddp_two_ranks_gloo(tmp_path):
             loss, _, _ = flow_matching_loss(model, x, y, generator=gen)
             (loss / (ACCUM * WORLD)).backward()
     for name, p in model.named_parameters():
-        if name in r0["grads"]:
-            torch.testing.assert_close(r0["grads"][name], p.grad, rtol=0, atol=1e-6)
+        if p.requires_grad:
+            torch.testing.assert_close(r0["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
