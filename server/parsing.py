@@ -142,18 +142,18 @@ async def upload(request: Request, json_model: type[BaseModel], form_model: type
         fields = await _multipart(request, files, file_fields)
         if "image" not in files:
             raise invalid("image", None, "Field required (a multipart file part 'image')", limits.allowed("image"))
-        return validate(form_model, fields, limits), files
+        return validate(form_model, fields, limits, file_fields), files
     if is_image(mime):
         files["image"] = await request.body()
         fields = _text_fields(list(request.query_params.multi_items()), "query string")
-        return validate(form_model, fields, limits), files
+        return validate(form_model, fields, limits, file_fields), files
     if mime and not is_json(mime):
         raise ApiError(415, "unsupported_media_type", f"Content-Type {mime!r} is not supported here; send "
                                                       "application/json, multipart/form-data or image/*")
     params_model = await json_body(request, json_model, limits)
     for key in file_fields:
         text = getattr(params_model, key, None)
-        if text:
+        if text is not None:  # "" decodes to 0 bytes: a 400 naming the field, like an empty file part
             files[key] = decode_base64(text, key)
     return params_model, files
 

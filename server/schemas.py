@@ -396,8 +396,11 @@ def invalid(field: str, value: Any, msg: str, allowed: str) -> InvalidFields:
     return InvalidFields([validation_detail(field, value, msg, allowed)])
 
 
-def validate(model: type[BaseModel], data: Any, limits: Limits) -> BaseModel:
+def validate(model: type[BaseModel], data: Any, limits: Limits, file_fields: tuple[str, ...] = ()) -> BaseModel:
     """Validate ``data`` (JSON values, whatever channel they came from) as ``model`` within ``limits``.
+
+    ``file_fields`` (the image parts of a multipart or raw upload) are listed with the model's fields when an
+    unknown field is named, so every channel of an endpoint lists the same fields.
 
     Raises:
         InvalidFields: one entry per invalid field, naming the field, the value, the allowed range and pydantic's
@@ -406,10 +409,11 @@ def validate(model: type[BaseModel], data: Any, limits: Limits) -> BaseModel:
     try:
         return model.model_validate(data, context={"limits": limits})
     except ValidationError as exc:
-        raise InvalidFields(_details(model, exc, limits)) from None
+        names = [*model.model_fields, *(f for f in file_fields if f not in model.model_fields)]
+        raise InvalidFields(_details(names, exc, limits)) from None
 
 
-def _details(model: type[BaseModel], exc: ValidationError, limits: Limits) -> list[dict[str, Any]]:
+def _details(names: list[str], exc: ValidationError, limits: Limits) -> list[dict[str, Any]]:
     detail, seen = [], set()
     for err in exc.errors(include_url=False):
         field = ".".join(str(p) for p in err["loc"] if p not in DISCRIMINATOR_TAGS) or "body"
@@ -418,7 +422,7 @@ def _details(model: type[BaseModel], exc: ValidationError, limits: Limits) -> li
         seen.add(field)
         value = err.get("input")
         if err["type"] == "extra_forbidden":
-            allowed = "not a field of this request; fields: " + ", ".join(model.model_fields)
+            allowed = "not a field of this request; fields: " + ", ".join(names)
         else:
             allowed = limits.allowed(field)
         if err["type"] == "missing":
