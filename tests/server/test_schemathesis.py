@@ -13,8 +13,8 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")  # the dev extra installs it
 from hypothesis import HealthCheck, given, settings  # noqa: E402  (hypothesis comes with schemathesis)
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,  # noqa: E402
-                                 status_code_conformance)
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance, not_a_server_error, response_schema_conformance, status_code_conformance)
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
