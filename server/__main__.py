@@ -27,11 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.protocol import header_deadline_protocol
 
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(cfg)
+    closes = app.state.metrics.slow_client_closes_total
+    protocol = header_deadline_protocol(cfg.header_timeout_s, lambda phase: closes.labels(phase=phase).inc())
     # workers is validated to 1: one process owns the device and the metrics registry (case B28).
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, workers=1, log_level=cfg.log_level,
-                timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1, log_level=cfg.log_level,
+                timeout_graceful_shutdown=5, timeout_keep_alive=cfg.keep_alive_s, http=protocol or "auto")
     return 0
 
 

@@ -1,16 +1,16 @@
-"""FastAPI application factory: middleware (request id, body limit, auth, metrics), error mapping, lifespan.
+"""FastAPI application factory: middleware (request id, HEAD, body limits and deadline, auth, metrics), error
+mapping, lifespan.
 
 Request lifecycle::
 
-    ASGI  ->  GuardMiddleware: request id, 413 on Content-Length / streamed bytes above max_upload_bytes,
-              401 without the bearer key (except /health, /ready, /metrics, docs), per-request metrics
-          ->  route (server.routes): validate (422), decode uploads off the event loop, hand work to the Worker
+    ASGI  ->  GuardMiddleware: request id; HEAD served as GET without the body (RFC 9110 §9.3.2); 413 on
+              Content-Length / streamed bytes above max_upload_bytes; 408 when the body is not in within
+              body_timeout_s; 401 without the bearer key (except /health, /ready, /metrics, docs); metrics
+          ->  route (server.routes): parse and validate (422), negotiate (406/415), decode uploads off the event
+              loop, hand work to the Worker
           ->  Worker thread (owns the device) -> future -> response (PNG or JSON)
 
-Error mapping (docs/server.md): 400 invalid image, 401 bad/missing key, 406 ``Accept: image/png`` with several
-images, 413 body or image too large, 422 invalid field (names field, value, allowed range), 429 queue full with
-``Retry-After``, 499 client went away (logged and counted only), 503 not ready, 504 deadline, 500 only for our own
-bugs and non-finite outputs, always with the ``request_id``.
+Error mapping: see :mod:`server.errors` and docs/server.md.
 
 Example::
 
@@ -22,8 +22,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -31,16 +31,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from server.config import ServerConfig
+from server.errors import ApiError, ErrorJSONResponse, dump_error, error_body, job_status
 from server.images import ImageTooLarge, InvalidImage
+from server.jobs import JobError, NotReady
 from server.metrics import ServerMetrics, endpoint_label
 from server.scheduler import QueueFull
-from server.schemas import LimitError, allowed_text, json_safe, validation_detail
-from server.worker import NotReady, RequestFailed, Worker
+from server.schemas import InvalidFields
+from server.worker import Worker
 
 log = logging.getLogger("svg.server")
 
@@ -51,31 +53,19 @@ class BodyTooLarge(Exception):
     """Raised from the wrapped ``receive`` once a streamed body passes ``max_upload_bytes``."""
 
 
-def error_body(error: str, request_id: str, detail=None) -> dict:
-    """The JSON shape of every non-2xx answer; ``detail`` is made JSON-safe (NaN, bytes, ...) so it cannot fail."""
-    return {"error": error, "request_id": request_id, "detail": json_safe(detail)}
-
-
-def dump_error(body: dict) -> bytes:
-    """Serialise an error body; never raises (falls back to :func:`json_safe` of the whole body)."""
-    try:
-        return json.dumps(body, allow_nan=False).encode()
-    except (TypeError, ValueError):
-        return json.dumps(json_safe(body), allow_nan=False).encode()
-
-
-class ErrorJSONResponse(JSONResponse):
-    """JSONResponse for error bodies whose rendering cannot raise on client-supplied values."""
-
-    def render(self, content) -> bytes:
-        return dump_error(content)
+class BodyTimeout(Exception):
+    """Raised from the wrapped ``receive`` when the body is not complete within ``body_timeout_s``."""
 
 
 class GuardMiddleware:
-    """Pure ASGI middleware (so it sees the raw byte stream): request id, body limit, bearer auth and metrics.
+    """Pure ASGI middleware (so it sees the raw byte stream): request id, HEAD, body limits, bearer auth, metrics.
 
-    The body limit is enforced twice: from ``Content-Length`` before the route reads anything, and while
-    ``receive`` streams a chunked body, so a 200 MB upload is refused after at most ``max_upload_bytes`` (B22).
+    * HEAD is served by the GET route and its body dropped, so every GET route answers HEAD with the same headers
+      (RFC 9110 §9.3.2) and the OpenAPI document needs no HEAD operations.
+    * The body size limit is enforced from ``Content-Length`` before the route reads anything, and while ``receive``
+      streams a chunked body, so a 200 MB upload is refused after at most ``max_upload_bytes`` (B22).
+    * The body must arrive within ``body_timeout_s`` of the request's start, else 408 and the connection closes
+      (a client trickling its body cannot hold a connection and a handler for ever).
     """
 
     def __init__(self, app, *, cfg: ServerConfig, metrics: ServerMetrics) -> None:
@@ -88,7 +78,11 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"], state["started_at"], state["method"] = request_id, time.monotonic(), scope["method"]
+        head = scope["method"] == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
         path = scope.get("path", "")
         endpoint = endpoint_label(path)
         status = {"code": 500, "started": False}
@@ -99,6 +93,8 @@ class GuardMiddleware:
                 status["code"], status["started"] = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         async def reply(code: int, body: dict, headers: dict | None = None):
@@ -124,24 +120,34 @@ class GuardMiddleware:
                 return await reply(413, error_body("payload_too_large", request_id,
                                                    f"Content-Length={declared} exceeds max_upload_bytes={limit}"),
                                    {"connection": "close"})
-            seen = 0
+            seen, body_done = 0, False
+            deadline = asyncio.get_running_loop().time() + self.cfg.body_timeout_s
 
-            async def receive_limited():
-                nonlocal seen
-                message = await receive()
+            async def receive_guarded():
+                nonlocal seen, body_done
+                if body_done:  # after the body: disconnect polling, unguarded
+                    return await receive()
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+                except asyncio.TimeoutError:
+                    raise BodyTimeout() from None
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
                     if seen > limit:
                         raise BodyTooLarge()
+                    body_done = not message.get("more_body", False)
                 return message
 
-            await self.app(scope, receive_limited, send_wrapped)
+            await self.app(scope, receive_guarded, send_wrapped)
         except BodyTooLarge:
-            self.metrics.rejections_total.labels(reason="too_large").inc()
             if not status["started"]:
-                await reply(413, error_body("payload_too_large", request_id,
-                                            f"body exceeds max_upload_bytes={limit} (streamed)"),
-                            {"connection": "close"})
+                self.metrics.rejections_total.labels(reason="too_large").inc()
+                await reply(413, *too_large(request_id, limit))
+        except BodyTimeout:
+            if not status["started"]:
+                self.metrics.slow_client_closes_total.labels(phase="body").inc()
+                await reply(408, *too_slow(request_id, self.cfg.body_timeout_s))
         except Exception:  # last resort: a bug must still answer 500 with the request id, never reset the connection
             log.exception("unhandled error, request_id=%s", request_id)
             if not status["started"]:
@@ -152,82 +158,90 @@ class GuardMiddleware:
             self.metrics.request_latency_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
 
+def too_large(request_id: str, limit: int) -> tuple[dict, dict]:
+    return (error_body("payload_too_large", request_id, f"body exceeds max_upload_bytes={limit} (streamed)"),
+            {"connection": "close"})
+
+
+def too_slow(request_id: str, timeout_s: float) -> tuple[dict, dict]:
+    return (error_body("request_timeout", request_id, f"the request body did not arrive within "
+                                                      f"body_timeout_s={timeout_s:g}"), {"connection": "close"})
+
+
 def _request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "unknown")
 
 
-def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exc: RequestValidationError):
-        from server.routes import body_fields
+_HTTP_NAMES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
+               415: "unsupported_media_type"}
 
-        detail, seen = [], set()
-        cfg = request.app.state.cfg
-        model = getattr(request.app.state.worker, "model", None)
-        num_classes = model.num_classes if model is not None else None
-        for err in exc.errors():
-            if err.get("type") == "json_invalid":  # loc is ("body", byte offset): name the body, quote the offset
-                pos = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), None)
-                why = (err.get("ctx") or {}).get("error", "")
-                detail.append({"field": "body", "value": None, "allowed": "a JSON object",
-                               "msg": f"invalid JSON at position {pos}" + (f": {why}" if why else "")})
-                continue
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "form")]
-            # A union (class_id: int | list[int]) reports one error per branch; keep the first per field.
-            loc = [p for p in loc if not p.startswith(("constrained-", "list[", "function-"))]
-            field = ".".join(loc) or "body"
-            if field in seen:
-                continue
-            seen.add(field)
-            value = err.get("input")
-            if isinstance(value, dict):
-                value = None if field != "body" else "<object>"
-            unknown = err.get("type") == "extra_forbidden"
-            allowed = allowed_text(field, max_steps=cfg.max_steps, max_images=cfg.max_images,
-                                   num_classes=num_classes, fields=body_fields(request) if unknown else None)
-            msg = err.get("msg", "invalid")
-            if field.split(".")[0] == "class_id" and num_classes is not None and err.get("type") in (
-                    "less_than_equal", "greater_than_equal"):
-                msg = f"outside 0..{num_classes - 1}"  # the model's range, not the schema's 0..999
-            detail.append(validation_detail(field, value, msg, allowed))
-        return ErrorJSONResponse(error_body("validation_error", _request_id(request), detail), status_code=422)
+
+def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    def answer(request: Request, status: int, error: str, detail, headers=None) -> ErrorJSONResponse:
+        return ErrorJSONResponse(error_body(error, _request_id(request), detail), status_code=status,
+                                 headers=headers)
+
+    @app.exception_handler(InvalidFields)
+    async def on_invalid(request: Request, exc: InvalidFields):
+        return answer(request, 422, "validation_error", exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_framework_validation(request: Request, exc: RequestValidationError):
+        # Endpoints parse their own bodies (server.parsing); this only catches a framework-level parameter error.
+        detail = [{"field": ".".join(str(p) for p in e.get("loc", ())) or "request", "value": None, "allowed": "",
+                   "msg": e.get("msg", "invalid")} for e in exc.errors()]
+        return answer(request, 422, "validation_error", detail)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        return answer(request, exc.status, exc.error, str(exc), exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
-        names = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
-        detail = exc.detail
+        detail, headers = exc.detail, dict(exc.headers or {})
         if exc.status_code == 405:
-            allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
-            detail = f"{request.method} is not allowed on {request.url.path}; allowed methods: {allow}"
-        return ErrorJSONResponse(error_body(names.get(exc.status_code, "http_error"), _request_id(request), detail),
-                                 status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(LimitError)
-    async def on_limit(request: Request, exc: LimitError):
-        return ErrorJSONResponse(error_body("validation_error", _request_id(request), exc.detail), status_code=422)
+            allow = next((v for k, v in headers.items() if k.lower() == "allow"), "")
+            methods = [m.strip() for m in allow.split(",") if m.strip()]
+            if "GET" in methods and "HEAD" not in methods:  # GET implies HEAD (RFC 9110 §9.3.2)
+                methods.append("HEAD")
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"} | {"Allow": ", ".join(methods)}
+            method = request.scope.get("state", {}).get("method", request.method)
+            detail = f"{method} is not allowed on {request.url.path}; allowed methods: {', '.join(methods)}"
+        return answer(request, exc.status_code, _HTTP_NAMES.get(exc.status_code, "http_error"), detail, headers)
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull):
         metrics.rejections_total.labels(reason="queue_full").inc()
-        return ErrorJSONResponse(error_body("queue_full", _request_id(request), str(exc)), status_code=429,
-                            headers={"Retry-After": str(exc.retry_after_s)})
+        return answer(request, 429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(InvalidImage)
     async def on_invalid_image(request: Request, exc: InvalidImage):
-        return ErrorJSONResponse(error_body("invalid image", _request_id(request), str(exc)), status_code=400)
+        return answer(request, 400, "invalid image", str(exc))
 
     @app.exception_handler(ImageTooLarge)
     async def on_image_too_large(request: Request, exc: ImageTooLarge):
         metrics.rejections_total.labels(reason="too_large").inc()
-        return ErrorJSONResponse(error_body("image_too_large", _request_id(request), str(exc)), status_code=413)
+        return answer(request, 413, "image_too_large", str(exc))
 
-    @app.exception_handler(RequestFailed)
-    async def on_failed(request: Request, exc: RequestFailed):
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
+    @app.exception_handler(BodyTooLarge)
+    async def on_body_too_large(request: Request, exc: BodyTooLarge):
+        metrics.rejections_total.labels(reason="too_large").inc()
+        body, headers = too_large(_request_id(request), request.app.state.cfg.max_upload_bytes)
+        return ErrorJSONResponse(body, status_code=413, headers=headers)
+
+    @app.exception_handler(BodyTimeout)
+    async def on_body_timeout(request: Request, exc: BodyTimeout):
+        metrics.slow_client_closes_total.labels(phase="body").inc()
+        body, headers = too_slow(_request_id(request), request.app.state.cfg.body_timeout_s)
+        return ErrorJSONResponse(body, status_code=408, headers=headers)
+
+    @app.exception_handler(JobError)
+    async def on_job_error(request: Request, exc: JobError):
+        status, error, retry_after = job_status(exc)
         if isinstance(exc, NotReady):
             metrics.rejections_total.labels(reason="not_ready").inc()
-        return ErrorJSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
-                            headers=headers)
+        return answer(request, status, error, str(exc),
+                      {"Retry-After": str(retry_after)} if retry_after is not None else None)
 
     @app.exception_handler(ClientDisconnect)
     async def on_disconnect(request: Request, exc: ClientDisconnect):
@@ -239,8 +253,7 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     async def on_bug(request: Request, exc: Exception):
         rid = _request_id(request)
         log.exception("internal error, request_id=%s", rid)
-        return ErrorJSONResponse(error_body("internal_error", rid, "internal server error; quote the request_id"),
-                            status_code=500)
+        return answer(request, 500, "internal_error", "internal server error; quote the request_id")
 
 
 def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: ServerMetrics | None = None) -> FastAPI:
@@ -249,7 +262,7 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     Args:
         cfg: validated configuration. worker/metrics: injected instances (tests, benchmark); default built here.
     """
-    from server import routes
+    from server import openapi, routes
 
     if metrics is None:
         device = cfg.resolved_device()
@@ -280,5 +293,5 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     app.add_middleware(GuardMiddleware, cfg=cfg, metrics=metrics)
     _install_error_handlers(app, metrics)
     app.include_router(routes.router)
-    routes.install_openapi(app)
+    openapi.install_openapi(app)
     return app

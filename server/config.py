@@ -21,6 +21,7 @@ from pathlib import Path
 ENGINES = ("eager", "compile", "tensorrt")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_STEPS = 25  # sampling steps of a request that omits ``steps`` (server.schemas)
+DEFAULT_NUM_POINTS = 5  # interpolation points of an /interpolate request that gives neither num_points nor t
 ENV_PREFIX = "SVG_"
 
 
@@ -57,7 +58,8 @@ class ServerConfig:
     max_queue: int = _help("requests allowed to wait before 429, 1..100000", default=64)
     batch_wait_s: float = _help("longest wait before a partial first batch starts, 0..10 s", default=0.005)
     request_timeout_s: float = _help("per-request deadline, 0.1..600 s (504 after it)", default=300.0)
-    max_images: int = _help("images per request (num_images, interpolation points), 1..256", default=16)
+    max_images: int = _help(f"images per request (num_images, interpolation points), {DEFAULT_NUM_POINTS}..256 "
+                            "(not below the default interpolation points)", default=16)
     max_steps: int = _help(f"sampling steps per request, {DEFAULT_STEPS}..1000 (not below the request default)",
                            default=250)
     decode_batch: int = _help("latents per decoder call, 1..1024", default=16)
@@ -67,6 +69,11 @@ class ServerConfig:
     api_key: str | None = _help("bearer token, at least 8 characters, required on every endpoint except /health, "
                                 "/ready, /metrics, /docs, /redoc, /openapi.json (unset: open)",
                                 default=None)
+    header_timeout_s: float = _help("deadline for a request's header after its first byte (or the connection), "
+                                    "0.1..600 s; a slower client is disconnected (slowloris)", default=10.0)
+    body_timeout_s: float = _help("deadline for receiving a request body once its header is in, 0.1..3600 s; "
+                                  "a slower upload gets 408 and is disconnected", default=60.0)
+    keep_alive_s: float = _help("idle keep-alive connection timeout, 0.1..600 s", default=5.0)
     host: str = _help("listen address", default="127.0.0.1")
     port: int = _help("listen port, 0..65535", default=8000)
     workers: int = _help("server processes; must be 1: one process owns the device (case B28)", default=1)
@@ -99,6 +106,9 @@ class ServerConfig:
         need("batch_wait_s", 0 <= self.batch_wait_s <= 10, "0..10 seconds")
         need("request_timeout_s", 0.1 <= self.request_timeout_s <= 600, "0.1..600 seconds")
         need("max_images", 1 <= self.max_images <= 256, "1..256")
+        # A plain /interpolate makes DEFAULT_NUM_POINTS images; a smaller max would 422 every such request.
+        need("max_images", self.max_images >= DEFAULT_NUM_POINTS,
+             f"{DEFAULT_NUM_POINTS}..256 (at least the default interpolation num_points={DEFAULT_NUM_POINTS})")
         need("max_steps", 1 <= self.max_steps <= 1000, "1..1000")
         # A request that omits steps runs DEFAULT_STEPS; a smaller max would 422 every such request, so refuse.
         need("max_steps", self.max_steps >= DEFAULT_STEPS,
@@ -108,6 +118,9 @@ class ServerConfig:
         need("max_upload_bytes", 1024 <= self.max_upload_bytes <= 2**30, "1024..1073741824 bytes")
         need("max_upload_pixels", 1 <= self.max_upload_pixels <= 80_000_000, "1..80000000 pixels")
         need("port", 0 <= self.port <= 65535, "0..65535")
+        need("header_timeout_s", 0.1 <= self.header_timeout_s <= 600, "0.1..600 seconds")
+        need("body_timeout_s", 0.1 <= self.body_timeout_s <= 3600, "0.1..3600 seconds")
+        need("keep_alive_s", 0.1 <= self.keep_alive_s <= 600, "0.1..600 seconds")
         need("peak_flops", self.peak_flops > 0, "> 0")
         # One process owns the device: several uvicorn workers would each load the weights and keep their own
         # metrics registry, so counters would jump between scrapes (case B28). Refuse rather than silently clamp.

@@ -105,51 +105,86 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND_RGB)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def to_model_resolution(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to ``size`` (bicubic) and centre-crop to ``size × size``.
+def to_model_resolution(rgb: np.ndarray, size: int,
+                        resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """Resize the short side to ``size`` and centre-crop to ``size × size`` (the image's transform; masks use the
+    same geometry with another ``resample`` filter).
 
     Args:
-        rgb: ``(H, W, 3)`` uint8. size: model resolution in pixels.
+        rgb: ``(H, W, 3)`` or ``(H, W)`` uint8. size: model resolution in pixels. resample: PIL filter (bicubic for
+            images).
 
     Returns:
-        ``(size, size, 3)`` uint8.
+        ``(size, size, 3)`` (or ``(size, size)``) uint8.
     """
     img = Image.fromarray(rgb)
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    img = img.resize((nw, nh), resample)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def decode_mask(data: bytes, *, max_pixels: int, size: int, image_hw: tuple[int, int]) -> np.ndarray:
-    """Decode a mask image to ``(size, size)`` float32 in [0, 1] (1 = region), with the same crop as the image.
+def same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
+    """True when a ``mask_hw`` mask scaled to the image's width has the image's height to within one pixel (and
+    the other way round), i.e. the two differ only by resolution."""
+    (mh, mw), (h, w) = mask_hw, image_hw
+    return abs(mh * w / mw - h) <= 1.0 and abs(mw * h / mh - w) <= 1.0
 
-    White is the region; transparent pixels count as black (outside the region), so a fully transparent mask
-    selects nothing. The mask must have the image's size, so the two line up after the shared resize/crop.
+
+def selected_pixels(rgb: np.ndarray) -> np.ndarray:
+    """The selection rule of a mask image: a pixel is selected when any channel is non-zero (after transparent
+    pixels were composited onto black). So {0, 1}, {0, 255} and grey masks all mean "non-zero = selected".
+
+    Returns:
+        ``(H, W)`` uint8, 255 where selected, else 0.
+    """
+    return np.where(rgb.max(axis=2) > 0, 255, 0).astype(np.uint8)
+
+
+def decode_mask(data: bytes, *, max_pixels: int, size: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """Decode a mask image to a ``(size, size)`` float32 {0, 1} mask at model resolution (1 = selected).
+
+    Rule: any non-zero pixel is selected (:func:`selected_pixels`); transparent pixels count as black, so a fully
+    transparent mask selects nothing. The mask may have another resolution than the image but must have its aspect
+    ratio (:func:`same_aspect`): it is resized to the image's size and then goes through the image's own
+    resize-and-crop geometry (:func:`to_model_resolution`, bilinear); a model pixel is selected when at least half
+    of it is covered by selected mask pixels.
 
     Args:
         data: the uploaded bytes. max_pixels: decompression-bomb limit. size: model resolution in pixels.
         image_hw: ``(H, W)`` of the decoded input image (after EXIF orientation).
 
     Raises:
-        InvalidImage / ImageTooLarge: as :func:`decode_image`. MaskSizeMismatch: the mask is not ``W×H``.
+        InvalidImage / ImageTooLarge: as :func:`decode_image`. MaskSizeMismatch: another aspect ratio.
     """
     rgb = decode_image(data, max_pixels=max_pixels, field="mask", background=(0, 0, 0))
-    if rgb.shape[:2] != tuple(image_hw):
+    if not same_aspect(rgb.shape[:2], image_hw):
         h, w = image_hw
-        raise MaskSizeMismatch(f"the mask is {rgb.shape[1]}x{rgb.shape[0]} but the image is {w}x{h}; "
-                               f"send a {w}x{h} mask (or a box)")
-    return to_model_resolution(rgb, size).astype(np.float32).mean(axis=2) / 255.0
+        raise MaskSizeMismatch(f"the mask is {rgb.shape[1]}x{rgb.shape[0]} but the image is {w}x{h}: another "
+                               f"aspect ratio; send a mask of the image's aspect ratio, e.g. {w}x{h} (or a box)")
+    mask = selected_pixels(rgb)
+    if mask.shape != tuple(image_hw):  # same aspect, another resolution: first to the image's own size
+        mask = np.asarray(Image.fromarray(mask).resize((image_hw[1], image_hw[0]), Image.Resampling.BILINEAR))
+    return _at_model_resolution(mask, size)
+
+
+def _at_model_resolution(mask: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W)`` uint8 {0, 255} mask -> ``(size, size)`` float32 {0, 1}: the image's geometry, then >= half
+    covered = selected."""
+    return (to_model_resolution(mask, size, Image.Resampling.BILINEAR) >= 128).astype(np.float32)
 
 
 class MaskSizeMismatch(ValueError):
-    """The mask image's size differs from the input image's (``POST /edit`` answers 422 naming both sizes)."""
+    """The mask image's aspect ratio differs from the input image's (``POST /edit`` answers 422 naming both)."""
 
 
 def box_mask(box: list[int], image_hw: tuple[int, int], size: int) -> np.ndarray:
-    """A rectangular mask ``[x0, y0, x1, y1]`` in input pixels, mapped through the same resize/crop.
+    """A rectangular mask ``[x0, y0, x1, y1]`` in input pixels, mapped through the same geometry as a mask image.
+
+    Returns:
+        ``(size, size)`` float32 {0, 1} (1 = selected), as :func:`decode_mask`.
 
     Raises:
         ValueError: an empty or inverted box, or one entirely outside the image, naming the image size and the
@@ -161,9 +196,9 @@ def box_mask(box: list[int], image_hw: tuple[int, int], size: int) -> np.ndarray
         raise ValueError(f"need 0 <= x0 < x1 and 0 <= y0 < y1 (image is {w}x{h})")
     if x0 >= w or y0 >= h:
         raise ValueError(f"lies entirely outside the {w}x{h} image; need x0 < {w} and y0 < {h}")
-    canvas = np.zeros((h, w, 3), dtype=np.uint8)
+    canvas = np.zeros((h, w), dtype=np.uint8)
     canvas[min(y0, h):min(y1, h), min(x0, w):min(x1, w)] = 255
-    return to_model_resolution(canvas, size).astype(np.float32).mean(axis=2) / 255.0
+    return _at_model_resolution(canvas, size)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

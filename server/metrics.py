@@ -40,6 +40,7 @@ ENDPOINTS = ("/generate", "/encode", "/reconstruct", "/edit", "/interpolate", "/
              "/metrics", "other")
 CANCEL_REASONS = ("client_disconnect", "deadline", "shutdown")
 REJECT_REASONS = ("queue_full", "not_ready", "too_large", "unauthorized")
+SLOW_CLIENT_PHASES = ("headers", "body")  # where a too-slow client was when its connection was closed
 
 # FLOP of one SVG-XL image: 25 Euler steps with guidance = 50 forwards of ~237.2 GFLOP each (docs/serving.md §6.1).
 SVG_XL_IMAGE_FLOP = 11.86e12
@@ -228,6 +229,9 @@ class ServerMetrics:
             "svg_rejections_total", "Requests refused before any work, by reason", ["reason"], registry=r)
         self.nonfinite_total = Counter(
             "svg_nonfinite_total", "Images withheld because the output was NaN/inf", registry=r)
+        self.slow_client_closes_total = Counter(
+            "svg_slow_client_closes_total", "Connections closed because the header or body arrived after its "
+            "deadline (header_timeout_s, body_timeout_s), by phase", ["phase"], registry=r)
         self.ready = Gauge("svg_ready", "1 when the model is loaded and warmed up, else 0", registry=r)
         self.mfu_ratio = Gauge(
             "svg_mfu_ratio", "Estimated model FLOP utilisation of the SiT over the last window, 0..1", registry=r)
@@ -236,6 +240,8 @@ class ServerMetrics:
             self.cancellations_total.labels(reason=reason)
         for reason in REJECT_REASONS:
             self.rejections_total.labels(reason=reason)
+        for phase in SLOW_CLIENT_PHASES:
+            self.slow_client_closes_total.labels(phase=phase)
         if gpu_device_index is not None:
             r.register(_GpuCollector(gpu_device_index))
         r.register(_CudaGraphCollector())

@@ -1,14 +1,16 @@
-"""HTTP request and response models (pydantic), with examples for the OpenAPI document.
+"""HTTP request and response models (pydantic), validated against one :class:`server.limits.Limits`.
 
 Integers and numbers are strict: ``"7"``, ``7.0`` or ``true`` for an integer field is a 422, never coerced, so a
-client bug cannot silently pick class 7 (case B12). Limits that depend on the server configuration (``max_images``,
-``max_steps``) are checked by :func:`check_limits`, which raises the same 422 shape.
+client bug cannot silently pick class 7 (case B12). Every channel (JSON body, multipart form, query string) feeds the
+same models through :func:`validate` (``server.parsing`` turns text fields into JSON values first), so a value is
+accepted or refused the same way whichever way it came. Ranges that depend on the configuration or the loaded model
+(class labels, ``max_steps``, ``max_images``) are checked here too, from the ``limits`` passed as validation context,
+with pydantic's own wording; nothing rewrites the messages afterwards.
 
-Seeds: a request carries one ``seed`` (random when omitted, and always echoed back). Image ``i`` of the request
-starts from the noise of ``svg.sampling.initial_noise(seed, i, shape)``, i.e. from its own generator seeded with
-``svg.sampling.derive_seed(seed, i)``; the noise depends only on ``(seed, i)``, never on batch size or batch mates
-(cases B10, B33). ``seed_a``/``seed_b`` of ``/interpolate`` are used as image index 0 of those seeds, so an end point
-equals ``/generate`` with that seed.
+Seeds: a request carries one ``seed`` (random in 0..2**53 - 1 when omitted, and always echoed back). Image ``i`` of
+the request starts from ``svg.sampling.initial_noise(seed, i, shape)`` (Philox key ``(seed, i)``); the noise depends
+only on ``(seed, i)``, never on batch size or batch mates (cases B10, B33). ``seed_a``/``seed_b`` of
+``/interpolate`` are image index 0 of those seeds, so an end point equals ``/generate`` with that seed.
 """
 
 from __future__ import annotations
@@ -17,43 +19,50 @@ import math
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError,
+                      ValidationInfo, field_validator)
+from pydantic_core import PydanticCustomError
 
-from server.config import DEFAULT_STEPS
+from server.config import DEFAULT_NUM_POINTS, DEFAULT_STEPS
+from server.limits import MAX_TIMESTEP_SHIFT, Limits
+from svg.sampling import MAX_GUIDANCE_SCALE, SEED_MAX
 
-NUM_CLASSES = 1000  # ImageNet-1k; label 1000 is the null class, internal to guidance only (never accepted here)
-MAX_SEED = 2**63 - 1
+# A 64x64 mid-grey PNG: the documented examples carry a real image so that each can be sent as it stands.
+EXAMPLE_PNG_BASE64 = ("iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJAAAATUlEQVR42u3PQQ0AAAgEIDX5RTeFDzdoQCepz6aeExAQ"
+                      "EBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQELi3oiwCAJt186UAAAAASUVORK5CYII=")
+
+
+def _limits(info: ValidationInfo) -> Limits | None:
+    return (info.context or {}).get("limits")
+
+
+def _too_big(value: int | float, bound: int | float, what: str = "") -> PydanticCustomError:
+    return PydanticCustomError("less_than_equal", "Input should be less than or equal to {le}" + what,
+                               {"le": bound})
+
+
+def _class_in_model(value: int, info: ValidationInfo) -> int:
+    limits = _limits(info)
+    if limits is not None and limits.max_class is not None and value > limits.max_class:
+        raise _too_big(value, limits.max_class, f" (this model has {limits.num_classes} classes)")
+    return value
+
 
 SInt = Annotated[int, Strict()]
 SFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-ClassId = Annotated[int, Strict(), Field(ge=0, le=NUM_CLASSES - 1)]
-
-# Allowed range per field, quoted in every 422 message (keys are field names).
-ALLOWED: dict[str, str] = {
-    "class_id": "an integer 0..999 or a non-empty list of them",
-    "num_images": "an integer 1..max_images",
-    "steps": "an integer 1..max_steps",
-    "cfg": "a number 0..50 (1 = no guidance)",
-    "guidance_mode": "constant | cfg_star",
-    "timestep_shift": "a number 0..10 (0 = no shift)",
-    "sampler": "euler | heun",
-    "seed": f"an integer 0..{MAX_SEED}, or null for a random seed",
-    "seed_a": f"an integer 0..{MAX_SEED}",
-    "seed_b": f"an integer 0..{MAX_SEED}",
-    "num_points": "an integer 2..max_images",
-    "t": "a list of 1..max_images numbers in [0, 1]",
-    "mode": "lerp | slerp",
-    "strength": "a number 0..1 (0 = reconstruction, 1 = from pure noise)",
-    "region": "inside | outside",
-    "box": "[x0, y0, x1, y1] in input pixels with 0 <= x0 < x1, 0 <= y0 < y1",
-    "format": "npy | safetensors | json",
-    "image": "a PNG/JPEG/WebP/... image, base64 in JSON or a multipart file",
-    "mask": "a mask image (white = edit) or omitted when box is given",
-}
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
+ClassId = Annotated[int, Strict(), Field(ge=0), AfterValidator(_class_in_model)]
+# One class for every image, or one per image. The discriminator picks the branch from the JSON type, so a bad
+# value gets the error of the branch it meant (never a pair of errors, one per union branch).
+ClassIds = Annotated[
+    Annotated[ClassId, Tag("one")] | Annotated[list[ClassId], Tag("per_image")],
+    Discriminator(lambda v: "per_image" if isinstance(v, list) else "one"),
+]
+DISCRIMINATOR_TAGS = ("one", "per_image")  # not field names: left out of a 422's dotted field
 
 
 class Sampler(str, Enum):
-    """ODE solver: Euler (1 NFE per step) or Heun (2 NFE per step except the last)."""
+    """ODE solver: Euler (1 network evaluation per step) or Heun (2 per step, the last included)."""
 
     euler = "euler"
     heun = "heun"
@@ -75,7 +84,7 @@ class InterpMode(str, Enum):
 
 
 class EditRegion(str, Enum):
-    """Which part of the mask is regenerated: ``inside`` the white area, or ``outside`` it."""
+    """Which part of the mask is regenerated: ``inside`` the selected area, or ``outside`` it."""
 
     inside = "inside"
     outside = "outside"
@@ -89,42 +98,81 @@ class FeatureFormat(str, Enum):
     json = "json"
 
 
+def _strict_model(examples: list[dict] | None = None) -> ConfigDict:
+    extra = {"examples": examples} if examples else None
+    return ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=extra)
+
+
 class _Sampling(BaseModel):
     """Fields shared by every request that samples."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _strict_model()
 
-    steps: SInt = Field(DEFAULT_STEPS, ge=1,
-                        description="sampling steps (model evaluations per image: steps for Euler)")
-    cfg: SFloat = Field(4.0, ge=0.0, le=50.0, description="guidance scale w; w <= 1 runs without guidance")
+    steps: SInt = Field(DEFAULT_STEPS, ge=1, description="sampling steps, 1..max_steps (GET /models states the "
+                        "server's max). Network evaluations per image: steps (Euler) or 2·steps (Heun), "
+                        "doubled when guided")
+    cfg: SFloat = Field(4.0, ge=0.0, le=MAX_GUIDANCE_SCALE,
+                        description="guidance scale w, v = v_u + w·(v_c − v_u); exactly 1 = no guidance (one "
+                                    "network row per evaluation); any other value, 0 and 0.5 included, runs "
+                                    "guided (two rows)")
     guidance_mode: GuidanceModeName = Field(GuidanceModeName.constant, description="guidance schedule")
-    timestep_shift: SFloat = Field(0.15, ge=0.0, le=10.0,
+    timestep_shift: SFloat = Field(0.15, ge=0.0, le=MAX_TIMESTEP_SHIFT,
                                    description="shift s of the time grid, t' = s·t / (1 + (s−1)·t); 0 = none")
     sampler: Sampler = Field(Sampler.euler, description="ODE solver")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_in_config(cls, value: int, info: ValidationInfo) -> int:
+        limits = _limits(info)
+        if limits is not None and value > limits.max_steps:
+            raise _too_big(value, limits.max_steps, " (the server's max_steps)")
+        return value
+
+
+def _count_in_config(count: int, info: ValidationInfo) -> None:
+    limits = _limits(info)
+    if limits is not None and count > limits.max_images:
+        raise PydanticCustomError("too_many_images", "{count} images is more than max_images={max_images}",
+                                  {"count": count, "max_images": limits.max_images})
 
 
 class GenerateRequest(_Sampling):
     """``POST /generate``: class-conditional images."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
+    model_config = _strict_model([
         {"class_id": 7, "num_images": 1, "steps": 25, "cfg": 4.0, "guidance_mode": "constant",
          "timestep_shift": 0.15, "sampler": "euler", "seed": 0},
         {"class_id": [1, 2, 3], "steps": 10, "cfg": 1.0, "seed": 42},
-    ]})
+    ])
 
-    class_id: ClassId | list[ClassId] = Field(
+    class_id: ClassIds = Field(
         description="class label 0..num_classes-1 (GET /models; 0..9 for the MNIST demo, 0..999 for an ImageNet "
-                    "model), or one per image")
-    num_images: SInt | None = Field(None, ge=1, description="images to make (default: 1, or len(class_id))")
-    seed: SInt | None = Field(None, ge=0, le=MAX_SEED, description="request seed; image i uses "
-                              "derive_seed(seed, i). Random when omitted (returned in the response)")
+                    "model), or a list with one label per image")
+    num_images: SInt | None = Field(None, ge=1, description="images to make, 1..max_images (default: 1, or "
+                                    "len(class_id)); must equal len(class_id) when class_id is a list")
+    seed: Seed | None = Field(None, description="request seed 0..2**63-1; image i starts from "
+                              "initial_noise(seed, i). Random in 0..2**53-1 when omitted (so that JavaScript "
+                              "numbers hold it exactly), and returned in the response")
 
     @field_validator("class_id")
     @classmethod
-    def _non_empty(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("class_id list is empty")
-        return v
+    def _class_count(cls, value, info: ValidationInfo):
+        if isinstance(value, list):
+            if not value:
+                raise PydanticCustomError("too_short", "List should have at least 1 item, not 0")
+            _count_in_config(len(value), info)
+        return value
+
+    @field_validator("num_images")
+    @classmethod
+    def _num_images(cls, value: int | None, info: ValidationInfo):
+        if value is None:
+            return value
+        labels = info.data.get("class_id")
+        if isinstance(labels, list) and value != len(labels):
+            raise PydanticCustomError("count_mismatch", "differs from len(class_id)={n}", {"n": len(labels)})
+        _count_in_config(value, info)
+        return value
 
     def class_ids(self) -> list[int]:
         """One class per image."""
@@ -134,65 +182,92 @@ class GenerateRequest(_Sampling):
 
 
 class InterpolateRequest(_Sampling):
-    """``POST /interpolate``: images along a path between the initial noises of ``seed_a`` and ``seed_b``."""
+    """``POST /interpolate``: images along a path between the initial noises of ``seed_a`` and ``seed_b``. The
+    points are ``num_points`` evenly spaced ratios or the explicit ratios ``t``: give one of them, not both
+    (neither: 5 points)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
+    model_config = _strict_model([
         {"class_id": 7, "seed_a": 1, "seed_b": 2, "num_points": 5, "mode": "slerp", "steps": 25, "cfg": 4.0},
         {"class_id": 8, "seed_a": 7, "seed_b": 7, "t": [0, 0.5, 1], "mode": "slerp"},
-    ]})
+    ])
 
     class_id: ClassId = Field(description="class label 0..num_classes-1 (GET /models) for every point")
-    seed_a: SInt = Field(ge=0, le=MAX_SEED, description="seed of the t=0 end point")
-    seed_b: SInt = Field(ge=0, le=MAX_SEED, description="seed of the t=1 end point")
-    num_points: SInt | None = Field(None, ge=2, description="evenly spaced points including both ends")
+    seed_a: Seed = Field(description="seed of the t=0 end point (image 0 of that seed)")
+    seed_b: Seed = Field(description="seed of the t=1 end point (image 0 of that seed)")
+    num_points: SInt | None = Field(None, ge=2, description=f"evenly spaced points including both ends, "
+                                    f"2..max_images (default {DEFAULT_NUM_POINTS}); give num_points or t, not both")
     t: list[Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]] | None = Field(
-        None, min_length=1, description="explicit mixing ratios in [0, 1] (instead of num_points)")
+        None, min_length=1, description="explicit mixing ratios in [0, 1], 1..max_images of them, instead of "
+                                        "num_points; give num_points or t, not both")
     mode: InterpMode = Field(InterpMode.slerp, description="lerp or slerp of the initial noise")
+
+    @field_validator("num_points")
+    @classmethod
+    def _points(cls, value: int | None, info: ValidationInfo):
+        if value is not None:
+            _count_in_config(value, info)
+        return value
+
+    @field_validator("t")
+    @classmethod
+    def _ratios(cls, value: list[float] | None, info: ValidationInfo):
+        if value is None:
+            return value
+        if info.data.get("num_points") is not None:
+            raise PydanticCustomError("both_given", "given together with num_points; give num_points or t, "
+                                                    "not both")
+        _count_in_config(len(value), info)
+        return value
 
     def ratios(self) -> list[float]:
         """The mixing ratios, in request order (default 5 evenly spaced points)."""
         if self.t is not None:
             return list(self.t)
-        n = self.num_points or 5
+        n = self.num_points or DEFAULT_NUM_POINTS
         return [i / (n - 1) for i in range(n)]
 
 
 class EditParams(_Sampling):
-    """``POST /edit`` parameters (the image and mask travel as files or base64 next to these)."""
+    """``POST /edit`` parameters (the image and mask travel as files, base64 or the raw body next to these)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
-        {"class_id": 5, "strength": 0.6, "steps": 25, "cfg": 4.0, "region": "inside", "box": [64, 64, 192, 192],
+    model_config = _strict_model([
+        {"class_id": 5, "strength": 0.6, "steps": 25, "cfg": 4.0, "region": "inside", "box": [16, 16, 48, 48],
          "seed": 0},
-    ]})
+    ])
 
     class_id: ClassId = Field(description="target class label 0..num_classes-1 (GET /models)")
     strength: SFloat = Field(0.6, ge=0.0, le=1.0, description="fraction of the time grid re-run (SDEdit); "
                              "0 returns the reconstruction, 1 starts from pure noise. Steps run = ceil(steps·s)")
     region: EditRegion = Field(EditRegion.inside, description="regenerate inside or outside the mask")
-    box: list[SInt] | None = Field(None, min_length=4, max_length=4, description="[x0, y0, x1, y1] mask box")
-    seed: SInt | None = Field(None, ge=0, le=MAX_SEED, description="seed of the edit noise")
+    box: list[SInt] | None = Field(None, min_length=4, max_length=4,
+                                   description="[x0, y0, x1, y1] mask box in input pixels (instead of a mask)")
+    seed: Seed | None = Field(None, description="seed of the edit noise 0..2**63-1 (random in 0..2**53-1 when "
+                                                "omitted)")
 
 
 class EditJSON(EditParams):
     """JSON form of ``POST /edit``: base64 image and optional base64 mask."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    image: str = Field(description="base64 image")
-    mask: str | None = Field(None, description="base64 mask image (white = region), or use box")
+    model_config = _strict_model([
+        {"image": EXAMPLE_PNG_BASE64, "class_id": 5, "strength": 0.6, "steps": 25, "cfg": 4.0, "region": "inside",
+         "box": [16, 16, 48, 48], "seed": 0},
+    ])
+    image: str = Field(description="base64 image (a data: URL is accepted)")
+    mask: str | None = Field(None, description="base64 mask image of the image's aspect ratio: any non-zero pixel "
+                                               "is selected, transparent is not; or use box")
 
 
 class ReconstructParams(BaseModel):
     """Multipart / query fields of ``POST /reconstruct``: none (the image is the file part ``image``)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _strict_model()
 
 
 class ReconstructJSON(ReconstructParams):
     """JSON form of ``POST /reconstruct``."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{
-        "image": "<base64 PNG>"}]})
-    image: str = Field(description="base64 image")
+    model_config = _strict_model([{"image": EXAMPLE_PNG_BASE64}])
+    image: str = Field(description="base64 image (a data: URL is accepted)")
 
 
 class EncodeParams(ReconstructParams):
@@ -204,17 +279,16 @@ class EncodeParams(ReconstructParams):
 class ImageJSON(EncodeParams):
     """JSON form of ``POST /encode``."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{
-        "image": "<base64 PNG>", "format": "json"}]})
-    image: str = Field(description="base64 image")
+    model_config = _strict_model([{"image": EXAMPLE_PNG_BASE64, "format": "json"}])
+    image: str = Field(description="base64 image (a data: URL is accepted)")
 
 
 class ImageOut(BaseModel):
     """One returned image with what produced it."""
 
     png_base64: str = Field(description="PNG, base64")
-    seed: int | None = Field(None, description="the request seed; the noise of image i came from "
-                             "derive_seed(seed, i) (None for /reconstruct)")
+    seed: int | None = Field(None, description="the request seed; the noise of image i is "
+                             "initial_noise(seed, i) (None for /reconstruct)")
     index: int = Field(description="image index i within the request")
     class_id: int | None = Field(None, description="class used (generate/edit/interpolate)")
     t: float | None = Field(None, description="interpolation ratio, /interpolate only")
@@ -231,7 +305,8 @@ class ImagesResponse(BaseModel):
     images: list[ImageOut]
     seed: int | None = None
     steps: int | None = None
-    nfe: int = Field(0, description="model rows evaluated for this request (guided rows count twice)")
+    nfe: int = Field(0, description="NFE: network evaluations per image (a guided step counts 2, Heun's "
+                                    "corrector again); 0 when nothing was sampled")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     params: dict[str, Any] = Field(default_factory=dict, description="the validated request parameters")
 
@@ -241,8 +316,8 @@ class ErrorResponse(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "error": "validation_error", "request_id": "3f2a…",
-        "detail": [{"field": "class_id", "value": 1000, "allowed": ALLOWED["class_id"],
-                    "msg": "class_id=1000: Input should be less than or equal to 999"}]}]})
+        "detail": [{"field": "class_id", "value": 1000, "allowed": "an integer 0..9, or a list of 1..16 of them",
+                    "msg": "class_id=1000: Input should be less than or equal to 9 (this model has 10 classes)"}]}]})
     error: str
     request_id: str
     detail: Any = None
@@ -262,8 +337,11 @@ class ModelsResponse(BaseModel):
     image_size: int
     num_classes: int = Field(description="class labels this model accepts: 0..num_classes-1")
     random_weights: bool = Field(description="true for the tiny random test checkpoint (not a trained model)")
+    max_steps: int = Field(description="largest steps a request may ask for")
+    max_images: int = Field(description="largest image count per request")
 
 
+# -- validation and its 422 entries -------------------------------------------------------------------------------
 def json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` made JSON-serialisable for an error body: NaN/±inf become ``"NaN"``/``"Infinity"``/``"-Infinity"``,
     bytes become ``"<n bytes>"``, huge integers become strings, anything else unknown becomes its ``repr``.
@@ -290,74 +368,66 @@ def json_safe(value: Any, depth: int = 0) -> Any:
         return "<unprintable>"
 
 
-def validation_detail(field: str, value: Any, msg: str, allowed: str | None = None) -> dict[str, Any]:
-    """One 422 entry naming the field, the value (JSON-safe, see :func:`json_safe`) and the allowed range."""
-    root = field.split(".")[0]
+def validation_detail(field: str, value: Any, msg: str, allowed: str) -> dict[str, Any]:
+    """One 422 entry naming the field, the value (JSON-safe, see :func:`json_safe`) and the allowed range.
+
+    ``msg`` reads ``field=value: why`` (``field: why`` without a value, and just ``why`` for the whole body)."""
     if isinstance(value, str) and len(value) > 200:
         value = f"<{len(value)} bytes>"
     value = json_safe(value)
     shown = value if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity") else repr(value)
-    return {"field": field, "value": value, "allowed": ALLOWED.get(root, "") if allowed is None else allowed,
-            "msg": f"{field}={shown}: {msg}"}
+    if value is None:
+        text = msg if field == "body" else f"{field}: {msg}"
+    else:
+        text = f"{field}={shown}: {msg}"
+    return {"field": field, "value": value, "allowed": allowed, "msg": text}
 
 
-def allowed_text(field: str, *, max_steps: int, max_images: int, num_classes: int | None = None,
-                 fields: list[str] | None = None) -> str:
-    """The ``allowed`` text of a 422 for ``field`` with this server's limits filled in.
-
-    Args:
-        field: dotted field name (its first part is looked up in :data:`ALLOWED`). max_steps/max_images: the server
-            configuration's limits. num_classes: the served model's class count (None: not loaded yet).
-        fields: the request's field names, quoted for a field that is not one of them.
-    """
-    root = field.split(".")[0]
-    if fields is not None and root not in fields:
-        return "not a field of this request; fields: " + ", ".join(fields)
-    if root == "class_id" and num_classes is not None:
-        return class_allowed(num_classes)
-    text = ALLOWED.get(root, "")
-    return text.replace("max_steps", str(max_steps)).replace("max_images", str(max_images))
-
-
-def class_allowed(num_classes: int) -> str:
-    """The ``allowed`` text of ``class_id`` for a model with ``num_classes`` class labels."""
-    return f"an integer 0..{num_classes - 1} or a non-empty list of them"
-
-
-class LimitError(ValueError):
-    """A configuration-dependent limit was exceeded; ``detail`` is a list of :func:`validation_detail` entries."""
+class InvalidFields(ValueError):
+    """A request that does not validate (HTTP 422); ``detail`` is a list of :func:`validation_detail` entries."""
 
     def __init__(self, detail: list[dict[str, Any]]) -> None:
         super().__init__("; ".join(d["msg"] for d in detail))
         self.detail = detail
 
 
-def check_limits(req: BaseModel, *, max_images: int, max_steps: int) -> None:
-    """Check the limits that come from the server configuration.
+def invalid(field: str, value: Any, msg: str, allowed: str) -> InvalidFields:
+    """A one-entry :class:`InvalidFields`."""
+    return InvalidFields([validation_detail(field, value, msg, allowed)])
+
+
+def validate(model: type[BaseModel], data: Any, limits: Limits, file_fields: tuple[str, ...] = ()) -> BaseModel:
+    """Validate ``data`` (JSON values, whatever channel they came from) as ``model`` within ``limits``.
+
+    ``file_fields`` (the image parts of a multipart or raw upload) are listed with the model's fields when an
+    unknown field is named, so every channel of an endpoint lists the same fields.
 
     Raises:
-        LimitError: ``steps`` above ``max_steps``, the image count above ``max_images``, ``num_images`` that
-            differs from ``len(class_id)``, or ``num_points`` given together with ``t``.
+        InvalidFields: one entry per invalid field, naming the field, the value, the allowed range and pydantic's
+            own message; an unknown field's ``allowed`` lists the fields of ``model``.
     """
-    errors = []
-    if isinstance(req, GenerateRequest) and isinstance(req.class_id, list) and req.num_images is not None \
-            and req.num_images != len(req.class_id):
-        errors.append(validation_detail("num_images", req.num_images,
-                                        f"differs from len(class_id)={len(req.class_id)}",
-                                        f"omitted, or equal to len(class_id)={len(req.class_id)}"))
-    if isinstance(req, InterpolateRequest) and req.num_points is not None and req.t is not None:
-        errors.append(validation_detail("num_points", req.num_points, "given together with t",
-                                        "omitted when t is given (give either num_points or t)"))
-    steps = getattr(req, "steps", None)
-    if steps is not None and steps > max_steps:
-        errors.append(validation_detail("steps", steps, f"above max_steps={max_steps}; allowed 1..{max_steps}"))
-    count = None
-    if isinstance(req, GenerateRequest):
-        count, name = len(req.class_ids()), "num_images"
-    elif isinstance(req, InterpolateRequest):
-        count, name = len(req.ratios()), "num_points" if req.t is None else "t"
-    if count is not None and count > max_images:
-        errors.append(validation_detail(name, count, f"{count} images above max_images={max_images}; "
-                                                     f"allowed 1..{max_images}"))
-    if errors:
-        raise LimitError(errors)
+    try:
+        return model.model_validate(data, context={"limits": limits})
+    except ValidationError as exc:
+        names = [*model.model_fields, *(f for f in file_fields if f not in model.model_fields)]
+        raise InvalidFields(_details(names, exc, limits)) from None
+
+
+def _details(names: list[str], exc: ValidationError, limits: Limits) -> list[dict[str, Any]]:
+    detail, seen = [], set()
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"] if p not in DISCRIMINATOR_TAGS) or "body"
+        if field in seen:
+            continue
+        seen.add(field)
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            allowed = "not a field of this request; fields: " + ", ".join(names)
+        else:
+            allowed = limits.allowed(field)
+        if err["type"] == "missing":
+            value = None  # pydantic quotes the whole object here
+        elif isinstance(value, dict):
+            value = "<object>"
+        detail.append(validation_detail(field, value, err["msg"], allowed))
+    return detail

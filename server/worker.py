@@ -35,6 +35,8 @@ import torch
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.model import LoadedModel, images_to_uint8, load_model
+from server.jobs import (Cancelled, DeadlineExceeded, JobError, NonFiniteOutput, NotReady, OutOfMemory, RowSpec,
+                         SampleRequest, SampleResult, WorkerError)
 from server.scheduler import DropReason, Scheduler
 
 log = logging.getLogger("svg.server")
@@ -61,52 +63,8 @@ class FixedRows:
         return self.fn(*padded)[:n]
 
 
-class RequestFailed(Exception):
-    """A request ended without images. ``status`` is the HTTP code, ``error`` a short machine-readable name."""
-
-    status = 500
-    error = "internal_error"
-
-
-class Cancelled(RequestFailed):
-    status, error = 499, "cancelled"
-
-
-class DeadlineExceeded(RequestFailed):
-    status, error = 504, "deadline_exceeded"
-
-
-class NonFiniteOutput(RequestFailed):
-    status, error = 500, "non-finite output"
-
-
-class NotReady(RequestFailed):
-    status, error = 503, "not_ready"
-
-
-class OutOfMemory(RequestFailed):
-    """The device ran out of memory during a step: the running requests fail fast (no hang), memory is released."""
-
-    status, error = 503, "out_of_memory"
-
-
-@dataclass
-class RowSpec:
-    """How to start one image's trajectory.
-
-    Attributes:
-        label: class id. seed/index: noise comes from ``initial_noise(seed, index, (T, C))``.
-        noise_fn: optional override returning the ``(T, C)`` float32 start noise (interpolation).
-        edit: optional ``(reference (T, C), editable (T, 1))`` normalised tokens for SDEdit-style editing.
-        ratio: the interpolation ratio, reported back with the image.
-    """
-
-    label: int
-    seed: int
-    index: int
-    noise_fn: Callable[[], torch.Tensor] | None = None
-    edit: tuple[torch.Tensor, torch.Tensor] | None = None
-    ratio: float | None = None
+# The worker contract lives in server/jobs.py; the old failure names stay as aliases inside this module.
+RequestFailed = JobError
 
 
 @dataclass
@@ -179,8 +137,12 @@ class Worker:
             self._wake.notify_all()
         self._thread.join(timeout)
 
-    def submit(self, job: SampleJob) -> Future:
-        """Queue a sampling job. Raises ``scheduler.QueueFull`` at once when the queue is full, NotReady before load."""
+    def submit(self, request: SampleRequest) -> Future:
+        """Queue a sampling request; the future resolves to a :class:`server.jobs.SampleResult` or fails with a
+        :class:`server.jobs.JobError`. Raises ``scheduler.QueueFull`` at once when the queue is full, NotReady
+        before load."""
+        job = SampleJob(request.request_id, request.kind, list(request.rows), request.steps, request.shift,
+                        request.guidance, request.solver, strength=request.strength)
         if not self.ready.is_set():
             raise NotReady("model is not loaded yet")
         with self._wake:
@@ -192,7 +154,7 @@ class Worker:
                 raise
             self._wake.notify_all()
         self._update_gauges()
-        return job.future
+        return _result_future(job)
 
     def cancel(self, request_id: str, reason: str = "client_disconnect") -> bool:
         """Cancel a queued or running job at the next step boundary; ``reason`` labels the cancellation metric."""
@@ -247,7 +209,7 @@ class Worker:
                 torch.cuda.empty_cache()
             except Exception:  # a bug in one step must not kill the device thread: fail its requests, go on
                 log.exception("worker step failed")
-                self._fail_running(RequestFailed("internal error in the device worker"))
+                self._fail_running(WorkerError("internal error in the device worker"))
         self.metrics.ready.set(0)
         self._fail_running(NotReady("server is shutting down"))
 
@@ -307,7 +269,7 @@ class Worker:
                                    guidance=job.guidance, solver=job.solver, seed=spec.seed, index=spec.index,
                                    editable=editable, num_classes=m.num_classes)
         shape = (m.tokens, m.channels)
-        noise = spec.noise_fn() if spec.noise_fn is not None else initial_noise(spec.seed, spec.index, shape)
+        noise = spec.noise if spec.noise is not None else initial_noise(spec.seed, spec.index, shape)
         return Trajectory(noise.to(m.device), spec.label, time_grid(job.steps, job.shift), job.guidance, job.solver,
                           num_classes=m.num_classes)
 
@@ -400,3 +362,21 @@ class Worker:
         self.metrics.queue_depth.set(self.scheduler.queue_depth())
         self.metrics.inflight_requests.set(self.scheduler.inflight())
 
+
+
+def _result_future(job: SampleJob) -> Future:
+    """The :class:`server.jobs.SampleResult` future of ``job`` (NFE per image: the job counts rows of all images)."""
+    out: Future = Future()
+
+    def done(fut: Future) -> None:
+        if fut.exception() is not None:
+            out.set_exception(fut.exception())
+            return
+        now = time.monotonic()
+        started = job.started_at or now
+        out.set_result(SampleResult(images=[job.images[i] for i in range(len(job.rows))],
+                                    nfe=job.nfe // len(job.rows), queue_s=started - job.submitted_at,
+                                    sampling_s=max(0.0, now - started - job.decode_s), decode_s=job.decode_s))
+
+    job.future.add_done_callback(done)
+    return out

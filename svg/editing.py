@@ -10,8 +10,11 @@ editing with a softened mask. The design here is ours and is documented in docs/
   the ODE integrated backwards with Euler from the clean latent at t = 1 down to t_s on the same grid, with the
   source class (or the null class) and no guidance. Inversion is just a :class:`~svg.sampling.Trajectory` on the
   reversed grid, so it batches with everything else through ``step_batch``.
-* **Mask.** A binary mask is blurred (Gaussian, ``sigma_px``) and area-averaged to the token grid; ``inside`` edits
-  where the mask is 1, ``outside`` where it is 0. After every step the unedited region is re-imposed from the source
+* **Mask.** Defined in latent cells, so it means the same at every model size (:func:`cell_mask`, what the server
+  uses): a cell is selected when any of its pixels is, and a Gaussian band of ``MASK_BLUR_CELLS`` cells (cut at
+  ``ceil(2·sigma)`` cells) feathers the edge outward; cells beyond the band keep the input latent to the bit.
+  (:func:`soften_mask` is the older pixel-space blur, kept for callers that pass their own sigma.) ``inside`` edits
+  the selection, ``outside`` the rest. After every step the unedited region is re-imposed from the source
   latent noised to the current t with the fixed noise (for inversion, the noise implied by the inverted latent),
   blended by the soft mask, whose pull fades during denoising (``keep = (1 − editable)^(1 + fade·τ)``).
 * **Interpolation** of the initial noise: linear (paper Eq. 7), spherical (Eq. 8) and the reference's
@@ -34,6 +37,8 @@ from svg.sampling import (NULL_LABEL, EditState, Guidance, Model, SampleResult, 
 __all__ = [
     "MASK_MODES",
     "INTERPOLATION_MODES",
+    "MASK_BLUR_CELLS",
+    "cell_mask",
     "soften_mask",
     "box_mask",
     "editable_region",
@@ -58,6 +63,52 @@ def _invalid(name: str, value: object, allowed: str) -> ValueError:
 
 # --------------------------------------------------------------------------------------------------------------
 # Masks
+
+
+MASK_BLUR_CELLS = 1.0  # sigma of the edit band, in latent cells (16 px at 256 px, 4 px on the 32 px demo)
+
+
+def cell_mask(selected: torch.Tensor, grid: tuple[int, int], blur_cells: float = MASK_BLUR_CELLS) -> torch.Tensor:
+    """Editable weight per latent cell from a pixel selection, with a feathered band measured in cells.
+
+    1. A cell is selected (weight exactly 1) when any of its pixels is (> 0): the whole selection is editable.
+    2. Every other cell c gets ``max exp(−d²/(2σ²))`` over the selected cells s at centre distance
+       ``d = |s − c| <= r`` cells, ``σ = blur_cells``, ``r = ceil(2σ)``; cells farther than r from every selected
+       cell weigh exactly 0.
+
+    So a pixel at least ``(1 + r)`` cells away (along x or y) from every selected pixel lies in a cell of weight 0,
+    whose latent follows the input's path exactly and ends equal to it (bit for bit, see
+    :class:`svg.sampling.EditState`), at every model size.
+
+    Args:
+        selected: ``(B, 1, H, W)`` pixel mask, > 0 = selected (e.g. :func:`editable_region` of a {0, 1} mask).
+        grid: the latent grid ``(h, w)``; cells are ``H/h × W/w`` pixels (adaptive pooling when it does not divide).
+        blur_cells: σ in cells, >= 0 (0: no band).
+
+    Returns:
+        ``(B, h·w, 1)`` float32 in [0, 1], tokens in row-major order (as ``svg.latent.to_tokens``).
+
+    Raises:
+        ValueError: wrong shape, or a negative / non-finite ``blur_cells``.
+    """
+    if selected.dim() != 4 or selected.shape[1] != 1:
+        raise _invalid("mask.shape", tuple(selected.shape), "(B, 1, H, W)")
+    if not math.isfinite(blur_cells) or blur_cells < 0:
+        raise _invalid("blur_cells", blur_cells, "a finite number >= 0")
+    h, w = grid
+    cells = F.adaptive_max_pool2d((selected > 0).float(), (h, w))  # (B, 1, h, w) in {0, 1}
+    weight = cells
+    if blur_cells > 0:
+        r = math.ceil(2 * blur_cells)
+        padded = F.pad(cells, (r, r, r, r))  # zeros: nothing is selected outside the image
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                d2 = dy * dy + dx * dx
+                if d2 == 0 or d2 > r * r:
+                    continue
+                near = padded[..., r + dy: r + dy + h, r + dx: r + dx + w]
+                weight = torch.maximum(weight, near * math.exp(-d2 / (2 * blur_cells**2)))
+    return weight.flatten(2).transpose(1, 2).contiguous()  # (B, T, 1)
 
 
 def soften_mask(mask: torch.Tensor, sigma_px: float, grid: tuple[int, int] = (16, 16)) -> torch.Tensor:

@@ -50,7 +50,7 @@ __all__ = [
 
 NULL_LABEL = 1000  # the reference's null class (num_classes); internal to guidance only
 MAX_STEPS = 1000  # the largest step count we accept; the reference's longest published runs use 250
-SEED_MAX = 2**63 - 1  # seeds are non-negative 63-bit integers (they survive JSON and every torch.Generator)
+SEED_MAX = 2**63 - 1  # seeds are non-negative 63-bit integers (a signed int64 everywhere: NumPy, torch, databases)
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -236,23 +236,20 @@ def _solver(value: Solver | str) -> Solver:
 # --------------------------------------------------------------------------------------------------------------
 # Seeds and noise
 
-_MASK64 = (1 << 64) - 1
+_TWO_PI = 2.0 * math.pi
+_U53 = 2.0**-53  # one unit in the last place of a 53-bit uniform
 
 
-def _splitmix64(x: int) -> int:
-    # SplitMix64 finaliser (Steele, Lea & Flood 2014): a bijective 64-bit mixer with good avalanche.
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+def derive_seed(seed: int, index: int) -> tuple[int, int]:
+    """The noise key of image ``index`` of a request with seed ``seed``: the 128-bit Philox key ``(seed, index)``.
 
+    The key is the pair itself, so every (seed, index) has its own stream: seeds that differ by 2**32 (or any
+    amount) never share noise, which a 32-bit-seeded generator such as torch's CPU Mersenne Twister cannot promise.
+    Philox is counter-based (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011): distinct keys
+    give independent streams, with no mixing step needed.
 
-def derive_seed(seed: int, index: int) -> int:
-    """Seed of image ``index`` of a request with seed ``seed``.
-
-    Image 0 uses ``seed`` itself (so a one-image request with seed 7 draws ``torch.randn`` from
-    ``manual_seed(7)``); image i > 0 uses ``splitmix64(seed XOR splitmix64(i)) >> 1``, a 63-bit value. It depends
-    only on (seed, index), never on batch size, position in a server batch or device.
+    Returns:
+        ``(seed, index)`` as the two 64-bit words of the key.
 
     Raises:
         ValueError: ``seed`` not in [0, 2**63 − 1] or ``index`` not in [0, 2**32).
@@ -261,17 +258,25 @@ def derive_seed(seed: int, index: int) -> int:
         raise _invalid("seed", seed, f"an integer in [0, {SEED_MAX}]")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**32:
         raise _invalid("index", index, "an integer in [0, 2**32)")
-    if index == 0:
-        return seed
-    return _splitmix64(seed ^ _splitmix64(index)) >> 1
+    return seed, index
 
 
 def initial_noise(seed: int, index: int, shape: Sequence[int] = (256, 392),
                   device: torch.device | str | None = None) -> torch.Tensor:
-    """Standard normal start noise for image ``index`` of a request with seed ``seed``.
+    """Standard normal start noise for image ``index`` of a request with seed ``seed``. The ONE place that decides
+    how seeds become noise; stable from now on (a change would change every image of every seed).
 
-    Drawn on the CPU from its own ``torch.Generator`` seeded with :func:`derive_seed`, in float32, then moved to
-    ``device``: bit-identical across devices and batch compositions (cases B10, B33).
+    Derivation (device-independent, computed on the CPU whatever ``device`` is):
+
+    1. NumPy's Philox-4x64-10 bit generator with key :func:`derive_seed` ``= (seed, index)`` and counter 0 yields
+       ``2·ceil(n/2)`` raw 64-bit words ``w`` for ``n = prod(shape)`` values (NumPy keeps bit-generator streams
+       stable across releases, NEP 19).
+    2. Consecutive word pairs become uniforms ``u1 = (w0 >> 11 + 1)·2**-53`` in (0, 1] and
+       ``u2 = (w1 >> 11)·2**-53`` in [0, 1).
+    3. Box–Muller (float64): ``r = sqrt(−2·ln u1)``; the pair gives ``r·cos(2π·u2)`` then ``r·sin(2π·u2)``;
+       the first ``n`` values, rounded to float32, in row-major order of ``shape``.
+
+    The noise depends only on (seed, index): never on batch size, batch mates or device (cases B10, B33).
 
     Returns:
         ``shape`` (normally ``(T, C)``) float32 tensor on ``device`` (CPU by default).
@@ -279,8 +284,18 @@ def initial_noise(seed: int, index: int, shape: Sequence[int] = (256, 392),
     Raises:
         ValueError: bad seed or index (see :func:`derive_seed`).
     """
-    generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, index))
-    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    import numpy as np
+
+    key = np.array(derive_seed(seed, index), dtype=np.uint64)
+    n = math.prod(int(d) for d in shape)
+    pairs = (n + 1) // 2
+    words = np.random.Philox(key=key).random_raw(2 * pairs).reshape(pairs, 2)
+    u1 = ((words[:, 0] >> np.uint64(11)).astype(np.float64) + 1.0) * _U53
+    u2 = (words[:, 1] >> np.uint64(11)).astype(np.float64) * _U53
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = _TWO_PI * u2
+    normal = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).reshape(-1)[:n]
+    noise = torch.from_numpy(normal.astype(np.float32).reshape(tuple(int(d) for d in shape)))
     return noise if device is None else noise.to(device)
 
 

@@ -59,3 +59,21 @@ def test_docs_state_the_api_key_rules_and_every_open_path():
         ServerConfig.from_sources(["--api-key", "1234567"], env={})
     for path in OPEN_PATHS:
         assert f"`{path}`" in row, path
+
+
+def test_max_images_below_the_default_interpolation_points_is_refused():
+    """Issue 11: with --max-images 4 a plain /interpolate (default num_points) could never succeed."""
+    from server.config import DEFAULT_NUM_POINTS
+
+    with pytest.raises(ConfigError, match=f"max_images={DEFAULT_NUM_POINTS - 1}.*num_points={DEFAULT_NUM_POINTS}"):
+        ServerConfig.from_sources(["--max-images", str(DEFAULT_NUM_POINTS - 1)], env={})
+    assert ServerConfig.from_sources(["--max-images", str(DEFAULT_NUM_POINTS)], env={}).max_images == 5
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--header-timeout-s", "0"], "header_timeout_s=0.0"), (["--body-timeout-s", "-1"], "body_timeout_s=-1.0"),
+    (["--keep-alive-s", "1000"], "keep_alive_s=1000.0"),
+])
+def test_receive_deadlines_and_keep_alive_are_validated(argv, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        ServerConfig.from_sources(argv, env={})

@@ -15,7 +15,7 @@ from tests.server.conftest import ServerProcess
 @pytest.fixture(scope="module")
 def compiled(model_dir, tmp_path_factory):
     srv = ServerProcess(model_dir, tmp_path_factory.mktemp("logs") / "compile.log", sit_engine="compile",
-                        decoder_engine="compile", max_rows=4, decode_batch=2, max_images=2)
+                        decoder_engine="compile", max_rows=4, decode_batch=2, max_images=5)
     try:
         srv.wait_ready(timeout=900)  # compiles every row bucket before /ready
         yield srv

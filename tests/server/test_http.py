@@ -77,7 +77,7 @@ def test_openapi_lists_every_endpoint_with_examples(client):
 def test_generate_json_metadata_and_png(client):
     body = gen(client, class_id=207 % 1000, num_images=2, steps=3, cfg=4.0, seed=11)
     assert body["seed"] == 11 and body["steps"] == 3 and len(body["images"]) == 2
-    assert body["nfe"] == 2 * 3 * 2  # 2 images x 3 steps x (cond + uncond)
+    assert body["nfe"] == 3 * 2  # per image: 3 steps x (cond + uncond)
     assert [im["index"] for im in body["images"]] == [0, 1]
     assert set(body["timings"]) == {"queue_s", "sampling_s", "decode_s", "total_s"}
     img = Image.open(io.BytesIO(first_png(body)))
@@ -217,7 +217,7 @@ def test_reconstruct_png_and_json(client):
 def test_edit_small_strengths_run_at_least_one_step(client, steps, strength):
     files = {"image": ("a.png", png_bytes(color=(10, 200, 10)), "image/png")}
     r = client.post("/edit", files=files, data={"class_id": "5", "steps": str(steps), "strength": str(strength),
-                                                 "box": "0,0,32,64", "seed": "3", "cfg": "1.0"})
+                                                 "box": "[0, 0, 32, 64]", "seed": "3", "cfg": "1.0"})
     assert r.status_code == 200, r.text
     assert r.json()["nfe"] >= 1
 
@@ -225,7 +225,7 @@ def test_edit_small_strengths_run_at_least_one_step(client, steps, strength):
 def test_edit_strength_zero_returns_the_reconstruction(client):
     data = png_bytes(color=(10, 200, 10))
     r = client.post("/edit", files={"image": ("a.png", data, "image/png")},
-                    data={"class_id": "5", "strength": "0", "box": "0,0,10,10"})
+                    data={"class_id": "5", "strength": "0", "box": "[0, 0, 10, 10]"})
     rec = client.post("/reconstruct", files={"image": ("a.png", data, "image/png")})
     assert r.status_code == 200 and first_png(r.json()) == first_png(rec.json())
 
@@ -244,8 +244,8 @@ def test_edit_with_mask_image_json_and_outside_region(client):
 
 
 @pytest.mark.parametrize("data,field", [
-    ({"class_id": "5"}, "mask"), ({"class_id": "5", "box": "10,10,5,20"}, "box"),
-    ({"class_id": "1000", "box": "0,0,8,8"}, "class_id"), ({"class_id": "5", "strength": "1.5"}, "strength"),
+    ({"class_id": "5"}, "mask"), ({"class_id": "5", "box": "[10, 10, 5, 20]"}, "box"),
+    ({"class_id": "1000", "box": "[0, 0, 8, 8]"}, "class_id"), ({"class_id": "5", "strength": "1.5"}, "strength"),
 ])
 def test_edit_invalid_is_422(client, data, field):
     r = client.post("/edit", files={"image": ("a.png", png_bytes(), "image/png")}, data=data)
@@ -299,24 +299,24 @@ def test_non_finite_json_numbers_are_422_naming_field_value_range(client, path, 
 ])
 def test_non_finite_form_fields_on_edit_are_422(client, data, field):
     files = {"image": ("a.png", png_bytes(), "image/png")}
-    r = client.post("/edit", files=files, data={"class_id": "1", "box": "0,0,8,8", **data})
+    r = client.post("/edit", files=files, data={"class_id": "1", "box": "[0, 0, 8, 8]", **data})
     assert r.status_code == 422, r.text
     d = r.json()["detail"][0]
     assert d["field"] == field and isinstance(d["value"], str) and d["allowed"], d
 
 
 def test_non_finite_query_parameter_with_raw_image_body_is_422(client):
-    r = client.post("/edit?class_id=1&box=0,0,8,8&cfg=nan", content=png_bytes(),
+    r = client.post("/edit?class_id=1&box=[0,0,8,8]&cfg=nan", content=png_bytes(),
                     headers={"Content-Type": "image/png"})
     assert r.status_code == 422, r.text
     d = r.json()["detail"][0]
-    assert d["field"] == "cfg" and d["value"] == "NaN" and "0..50" in d["allowed"]
+    assert d["field"] == "cfg" and d["value"] == "nan" and "0..100" in d["allowed"]  # text, not a JSON number
 
 
 # -- edit box and mask ------------------------------------------------------------------------------------------
 def test_edit_box_outside_the_image_is_422_naming_the_image_size(client):
     files = {"image": ("a.png", png_bytes(size=(64, 64)), "image/png")}
-    r = client.post("/edit", files=files, data={"class_id": "1", "box": "100,100,200,200"})
+    r = client.post("/edit", files=files, data={"class_id": "1", "box": "[100, 100, 200, 200]"})
     assert r.status_code == 422, r.text
     d = r.json()["detail"][0]
     assert d["field"] == "box" and d["value"] == [100, 100, 200, 200] and "64x64" in d["msg"]
@@ -324,7 +324,7 @@ def test_edit_box_outside_the_image_is_422_naming_the_image_size(client):
 
 def test_edit_box_and_mask_together_is_422(client):
     files = {"image": ("a.png", png_bytes(), "image/png"), "mask": ("m.png", png_bytes(mode="L"), "image/png")}
-    r = client.post("/edit", files=files, data={"class_id": "1", "box": "0,0,8,8"})
+    r = client.post("/edit", files=files, data={"class_id": "1", "box": "[0, 0, 8, 8]"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["field"] == "box" and "not both" in r.json()["detail"][0]["msg"]
 

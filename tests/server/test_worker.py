@@ -8,7 +8,8 @@ import torch
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.model import load_model
-from server.worker import FixedRows, NonFiniteOutput, RowSpec, SampleJob, Worker
+from server.jobs import NonFiniteOutput, RowSpec, SampleRequest
+from server.worker import FixedRows, Worker
 
 
 def test_fixed_rows_pads_and_slices():
@@ -39,7 +40,7 @@ def test_nonfinite_output_fails_the_request_and_is_counted(model_dir):
     worker.start()
     try:
         assert worker.ready.wait(120), worker.load_error
-        job = SampleJob("r1", "/generate", [RowSpec(label=1, seed=0, index=0)], 2, 0.15, Guidance(), Solver.EULER)
+        job = SampleRequest("r1", "generate", (RowSpec(label=1, seed=0, index=0),), 2, 0.15, Guidance(), Solver.EULER)
         with pytest.raises(NonFiniteOutput, match="non-finite output"):
             worker.submit(job).result(timeout=60)
         assert metrics.nonfinite_total._value.get() == 1
