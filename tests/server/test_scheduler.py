@@ -229,3 +229,59 @@ def test_invalid_arguments_name_the_field():
     sched.submit("x", [1])
     with pytest.raises(ValueError, match="already queued"):
         sched.submit("x", [1])
+
+
+def test_exact_cost_per_step_from_each_rows_schedule():
+    # cfg_star (zero-init) runs its first evaluation without the twin, late guidance adds it half-way: the plan's
+    # cost is the forward rows each step really runs, while admission reserves each row's peak.
+    sched, clock, w = make(max_rows=4)
+    w.submit("star", [[1, 2, 2]], steps=3)
+    w.submit("late", [[1, 1, 2, 2]], steps=4)
+    costs = []
+    while sched.inflight():
+        plan = sched.plan()
+        costs.append(plan.cost)
+        w.history.append(plan.rows)
+        done = [k for k in plan.rows if len([h for h in w.history if k in h]) == w.steps[k[0]]]
+        sched.update(finished=done)
+    assert costs == [2, 3, 4, 2]
+
+
+def test_peak_cost_reserved_so_later_steps_never_exceed_max_rows():
+    sched, clock, w = make(max_rows=3)
+    w.submit("late", [[1, 1, 2, 2]], steps=4)
+    w.submit("plain", [2], steps=4)  # fits the first step's actual cost (1 + 2) but not late's peak (2 + 2)
+    plan = sched.plan()
+    assert plan.rows == [("late", 0)] and plan.cost == 1
+
+
+def test_slots_are_unique_and_reused_after_a_row_leaves():
+    sched, clock, w = make(max_rows=4)
+    w.submit("a", [1, 1], steps=1)
+    w.submit("b", [1, 1], steps=3)
+    plan = sched.plan()
+    assert sorted(plan.slots.values()) == [0, 1, 2, 3]
+    b_slots = {k: plan.slots[k] for k in plan.rows if k[0] == "b"}
+    sched.update(finished=[("a", 0), ("a", 1)])
+    w.submit("c", [1, 1], steps=1)
+    plan = sched.plan()
+    assert {k: plan.slots[k] for k in plan.rows if k[0] == "b"} == b_slots  # a running row keeps its slot
+    assert sorted(plan.slots.values()) == [0, 1, 2, 3] and len(set(plan.slots.values())) == 4
+
+
+def test_lifecycle_states_and_failed_requests_leave_at_once():
+    from server.scheduler import RequestState
+
+    sched, clock, w = make(max_rows=2)
+    sched.submit("a", [1])
+    sched.submit("b", [1])
+    sched.submit("c", [2])
+    assert sched.state("a") is RequestState.WAITING
+    sched.plan()
+    assert sched.state("a") is RequestState.RUNNING and sched.state("c") is RequestState.WAITING
+    assert sched.update(finished=[("a", 0)], failed=["b"]) == ["a"]
+    assert sched.state("a") is RequestState.FINISHED and sched.state("b") is RequestState.FAILED
+    sched.cancel("c")
+    assert sched.plan().dropped == [("c", DropReason.CANCELLED)]
+    assert sched.state("c") is RequestState.CANCELLED and sched.state("never") is None
+    assert sched.inflight() == 0
