@@ -8,8 +8,8 @@ editing with a softened mask. The design here is ours and is documented in docs/
   returns the input latent unchanged with zero evaluations.
 * **Start latent.** Either fresh noise from the request seed, ``z = (1 − t_s)·ε + t_s·x`` (SDEdit), or by inversion:
   the ODE integrated backwards with Euler from the clean latent at t = 1 down to t_s on the same grid, with the
-  source class (or the null class) and no guidance. Inversion is just a :class:`~svg.sampling.Trajectory` on the
-  reversed grid, so it batches with everything else through ``step_batch``.
+  source class (or the null class) and no guidance. Inversion is just a :class:`~svg.sampling.RowPlan` on the
+  reversed grid, so it batches with everything else in the slot batch (:mod:`svg.slots`).
 * **Mask.** A binary mask is blurred (Gaussian, ``sigma_px``) and area-averaged to the token grid; ``inside`` edits
   where the mask is 1, ``outside`` where it is 0. After every step the unedited region is re-imposed from the source
   latent noised to the current t with the fixed noise (for inversion, the noise implied by the inverted latent),
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from svg.sampling import (NULL_LABEL, EditState, Guidance, Model, SampleResult, Solver, Trajectory, initial_noise,
-                          run_to_completion, sample, time_grid)
+from svg.sampling import (NULL_LABEL, EditState, Guidance, Model, RowPlan, SampleResult, Solver, initial_noise,
+                          run_rows, sample, time_grid)
 
 __all__ = [
     "MASK_MODES",
@@ -143,11 +143,11 @@ def sdedit_start(steps: int, strength: float) -> int:
 
 def inversion_trajectory(x: torch.Tensor, *, steps: int, start: int, shift: float = 0.15,
                          source_label: int | None = None, solver: Solver | str = Solver.EULER,
-                         num_classes: int = NULL_LABEL) -> Trajectory:
-    """A trajectory that integrates the ODE backwards from the clean latent ``x`` (t = 1) to ``grid[start]``.
+                         num_classes: int = NULL_LABEL) -> RowPlan:
+    """A plan that integrates the ODE backwards from the clean latent ``x`` (t = 1) to ``grid[start]``.
 
     It runs the ``steps − start`` steps of the shifted grid in reverse, unguided, with ``source_label`` (or the
-    null class when None). Its final ``z`` is the inverted latent at t_s, ready for :func:`edit_trajectory`
+    null class when None). Its final latent is the inverted latent at t_s, ready for :func:`edit_trajectory`
     (``start_latent``). Flow-matching ODEs are deterministic, so the inversion is exact up to discretisation.
 
     Args:
@@ -159,19 +159,19 @@ def inversion_trajectory(x: torch.Tensor, *, steps: int, start: int, shift: floa
     grid = time_grid(steps, shift)
     if not 0 <= start < steps:
         raise _invalid("start", start, f"an integer in [0, {steps - 1}] (inversion needs at least one step)")
-    return Trajectory(x.float(), source_label, grid[start:].flip(0), Guidance(), solver, num_classes=num_classes)
+    return RowPlan(x.float(), source_label, grid[start:].flip(0), Guidance(), solver, num_classes=num_classes)
 
 
 def edit_trajectory(x: torch.Tensor, label: int, *, strength: float, steps: int, shift: float = 0.15,
                     guidance: Guidance | None = None, solver: Solver | str = Solver.EULER, seed: int = 0,
                     index: int = 0, editable: torch.Tensor | None = None, start_latent: torch.Tensor | None = None,
-                    mask_fade: float = 1.0, num_classes: int = NULL_LABEL) -> Trajectory:
-    """The SDEdit trajectory of one image: from ``x`` noised to t_s, denoised to t = 1 toward ``label``.
+                    mask_fade: float = 1.0, num_classes: int = NULL_LABEL) -> RowPlan:
+    """The SDEdit plan of one image: from ``x`` noised to t_s, denoised to t = 1 toward ``label``.
 
     Args:
         x: (T, C) float32 clean source latent (normalised tokens).
         label: target class label in [0, num_classes).
-        strength: in [0, 1]; see :func:`sdedit_start`. 0 returns a done trajectory whose ``z`` is ``x`` itself.
+        strength: in [0, 1]; see :func:`sdedit_start`. 0 returns a plan with no evaluations whose ``z`` is ``x`` itself.
         steps: N of the full shifted grid; the edit runs ``ceil(strength·N)`` of them.
         guidance, solver, shift: as for generation.
         seed, index: the noise ε is ``initial_noise(seed, index)`` (ignored when ``start_latent`` is given).
@@ -191,7 +191,7 @@ def edit_trajectory(x: torch.Tensor, label: int, *, strength: float, steps: int,
         raise _invalid("x.shape", tuple(x.shape), "(T, C)")
     x = x.float()
     if start == steps:  # strength 0: nothing to run, the input comes back exactly
-        return Trajectory(x, label, grid, guidance, solver, start=steps, num_classes=num_classes)
+        return RowPlan(x, label, grid, guidance, solver, start=steps, num_classes=num_classes)
     t_s = float(grid[start])
     if start_latent is None:
         noise = initial_noise(seed, index, x.shape, x.device)
@@ -208,7 +208,7 @@ def edit_trajectory(x: torch.Tensor, label: int, *, strength: float, steps: int,
         if not math.isfinite(mask_fade) or mask_fade < 0:
             raise _invalid("mask_fade", mask_fade, "a finite number >= 0")
         state = EditState(editable.float().to(x.device), x, noise, float(mask_fade))
-    return Trajectory(z, label, grid, guidance, solver, start=start, num_classes=num_classes, edit=state)
+    return RowPlan(z, label, grid, guidance, solver, start=start, num_classes=num_classes, edit=state)
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def edit(model: Model, x: torch.Tensor, labels: torch.Tensor, *, strength: float
          guidance: Guidance | None = None, solver: Solver | str = Solver.EULER, seed: int = 0,
          editable: torch.Tensor | None = None, inversion: bool = False, source_labels: torch.Tensor | None = None,
          mask_fade: float = 1.0, num_classes: int = NULL_LABEL) -> EditResult:
-    """Edit a batch of latents (library-level helper built on :class:`Trajectory` and ``step_batch``).
+    """Edit a batch of latents (library-level helper built on :class:`RowPlan` and ``run_rows``).
 
     Args:
         model: callable with ``SiT.forward``'s signature.
@@ -250,17 +250,16 @@ def edit(model: Model, x: torch.Tensor, labels: torch.Tensor, *, strength: float
         sources = [None] * x.shape[0] if source_labels is None else [int(v) for v in source_labels.tolist()]
         inverse = [inversion_trajectory(x[b], steps=steps, start=start, shift=shift, source_label=sources[b],
                                         num_classes=num_classes) for b in range(x.shape[0])]
-        _, rows = run_to_completion(model, inverse)
-        starts, nfe = [tr.z for tr in inverse], inverse[0].nfe
-    trajectories = [
+        inverted = run_rows(model, inverse)
+        starts, nfe, rows = list(inverted.latents), inverted.nfe[0], inverted.model_rows
+    plans = [
         edit_trajectory(x[b], int(labels[b]), strength=strength, steps=steps, shift=shift, guidance=guidance,
                         solver=solver, seed=seed, index=b, editable=None if editable is None else editable[b],
                         start_latent=starts[b], mask_fade=mask_fade, num_classes=num_classes)
         for b in range(x.shape[0])
     ]
-    _, more_rows = run_to_completion(model, trajectories)
-    latents = torch.stack([tr.z for tr in trajectories])
-    return EditResult(latents, nfe + trajectories[0].nfe, rows + more_rows, start)
+    edited = run_rows(model, plans)
+    return EditResult(edited.latents, nfe + edited.nfe[0], rows + edited.model_rows, start)
 
 
 # --------------------------------------------------------------------------------------------------------------

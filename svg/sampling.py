@@ -5,11 +5,13 @@ pure noise, t = 1 is data, ``z_t = (1 − t)·ε + t·x`` and the network predic
 raw t in [0, 1]. The paper writes ``x_t = (1 − t)·x0 + t·ε``, so ``t_code = 1 − t_paper`` and ``v_code = −v_paper``
 (docs/sampling.md).
 
-The sampling state of ONE image is a :class:`Trajectory`: its latent, its own shifted time grid, class label,
-guidance and solver. :func:`step_batch` advances any set of trajectories by one model evaluation each, with ONE
-batched forward (unconditional twins are appended only for the rows that need them), so rows at different
-timesteps, step counts, guidance settings, solvers and request kinds mix freely. :func:`sample` is a loop over
-:func:`step_batch`; the server's worker calls the same function on whatever trajectories are active.
+One image is a :class:`RowPlan` (start latent, its own shifted time grid, class label, guidance, solver, optional
+edit). :func:`schedule` turns it into numbers, one :class:`Evaluation` per model evaluation, so guidance modes,
+Heun's stages and the edit schedule need no Python branching while sampling. A :class:`svg.slots.SlotBatch` holds
+the images being sampled in persistent device buffers and :func:`svg.slots.step` advances all of them with ONE
+batched forward (unconditional twins only for the rows whose evaluation needs one), so rows at different
+timesteps, step counts, guidance settings, solvers and request kinds mix freely. :func:`sample` and
+:func:`run_rows` run that step to completion; the server's worker runs the same step through its engine.
 
 Example::
 
@@ -40,10 +42,13 @@ __all__ = [
     "derive_seed",
     "initial_noise",
     "EditState",
-    "Pending",
-    "Trajectory",
-    "step_batch",
-    "run_to_completion",
+    "Stage",
+    "Evaluation",
+    "schedule",
+    "evaluation_costs",
+    "RowPlan",
+    "RunResult",
+    "run_rows",
     "SampleResult",
     "sample",
 ]
@@ -285,12 +290,12 @@ def initial_noise(seed: int, index: int, shape: Sequence[int] = (256, 392),
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Trajectory
+# One image's sampling plan, as numbers per model evaluation
 
 
-@dataclass
+@dataclass(frozen=True)
 class EditState:
-    """Masked-editing hook of a trajectory (see svg/editing.py and docs/sampling.md).
+    """Masked-editing state of one image (see svg/editing.py and docs/sampling.md).
 
     After every completed step, landing at time t, the unedited region is re-imposed:
     ``z ← lerp(z, (1 − t)·noise + t·reference, keep)`` with ``keep = (1 − editable)^(1 + fade·τ)``, where τ in (0, 1]
@@ -311,35 +316,91 @@ class EditState:
     fade: float = 1.0
 
 
-class Pending(NamedTuple):
-    """The next model evaluation a trajectory needs: latent ``z`` (T, C), time ``t`` and whether it is ``guided``
-    (needs an unconditional twin row). Its label is :attr:`Trajectory.eval_label`."""
+class Stage(enum.IntEnum):
+    """What an evaluation's velocity does to the latent (Heun: Karras et al. 2022, Alg. 1 without churn)."""
 
-    z: torch.Tensor
+    EULER = 0  # z ← z + dt·v
+    PREDICT = 1  # Heun's first stage: remember (z, v), z ← z + dt·v (evaluated again at t_{i+1})
+    CORRECT = 2  # Heun's second stage: z ← z_i + dt/2·(v_i + v)
+
+
+class Evaluation(NamedTuple):
+    """The numbers of one model evaluation of one image: everything the step needs, no branching left.
+
+    ``t``: time fed to the model; ``label``: label of the conditional row (the null class during zero-init);
+    ``mult``: multiplier of that row's velocity (−r during zero-init, else 1); ``w``: guidance scale, used only when
+    ``twin`` (an unconditional twin row runs); ``dt``: the step size; ``stage``: a :class:`Stage`; ``t_after``: the
+    time reached when the step completes; ``keep_exp``: the edit mask exponent ``1 + fade·τ``; ``reimpose``: 1.0
+    when the edit re-impose runs after this evaluation (edit rows, completed steps), else 0.0.
+    """
+
     t: float
-    guided: bool
+    label: int
+    mult: float
+    w: float
+    twin: bool
+    dt: float
+    stage: Stage
+    t_after: float
+    keep_exp: float
+    reimpose: float
 
 
-@dataclass(eq=False)
-class Trajectory:
-    """The sampling state of ONE image, advanced one model evaluation at a time.
+def schedule(grid: torch.Tensor, guidance: Guidance, solver: Solver | str = Solver.EULER, *, start: int = 0,
+             label: int | None = 0, num_classes: int = NULL_LABEL, fade: float | None = None) -> list[Evaluation]:
+    """Every model evaluation of one image, in order: the single place where guidance modes, Heun's two stages,
+    zero-init and the edit schedule turn into numbers (the server's row costs come from here too).
 
     Args:
-        z: (T, C) float32 latent at ``grid[start]`` (noise for generation); it is not modified in place.
-        label: class label in [0, num_classes), or None for an unconditional trajectory (null-class rows; only
-            with guidance ``NONE``). The null class ``num_classes`` itself is internal and rejected (case B12).
+        grid: (steps + 1,) time grid (increasing, or decreasing for inversion).
+        guidance, solver: as for :func:`sample`. start: first step (SDEdit). label: class, or None (null class).
+        num_classes: the null label. fade: the edit's mask fade, or None for no edit re-impose.
+
+    Returns:
+        ``len = (steps − start)·(2 if Heun else 1)`` evaluations.
+    """
+    solver = _solver(solver)
+    times = grid.tolist()  # python floats of the float32 grid: the values the reference feeds
+    steps_dt = grid.diff().tolist()  # float32 differences, as the reference
+    steps = len(times) - 1
+    null = num_classes
+    out = []
+    for i in range(start, steps):
+        stages = (Stage.PREDICT, Stage.CORRECT) if solver is Solver.HEUN else (Stage.EULER,)
+        for stage in stages:
+            t = times[i + 1] if stage is Stage.CORRECT else times[i]  # Heun's corrector evaluates at t_{i+1}
+            if guidance.zero_init_active(i - start):
+                row_label, mult, w = null, -guidance.zero_init_ratio, 1.0
+            else:
+                row_label, mult, w = (null if label is None else label), 1.0, guidance.scale_at(i, steps, t)
+            completes = stage is not Stage.PREDICT
+            tau = (i + 1 - start) / (steps - start)
+            out.append(Evaluation(t, row_label, mult, w, w != 1.0 and mult == 1.0, steps_dt[i], stage, times[i + 1],
+                                  1.0 + (fade or 0.0) * tau, 1.0 if (fade is not None and completes) else 0.0))
+    return out
+
+
+def evaluation_costs(evaluations: Sequence[Evaluation]) -> list[int]:
+    """Forward rows of each evaluation: 2 with an unconditional twin, else 1 (the scheduler's exact row cost)."""
+    return [2 if e.twin else 1 for e in evaluations]
+
+
+@dataclass(frozen=True, eq=False)
+class RowPlan:
+    """How one image is sampled: its start latent, time grid, class, guidance, solver and optional edit.
+
+    A :class:`svg.slots.SlotBatch` admits it into a slot; :func:`run_rows` runs a list of them to the end.
+
+    Args:
+        z: (T, C) float32 latent at ``grid[start]`` (noise for generation).
+        label: class label in [0, num_classes), or None for an unconditional image (null-class rows; only with
+            guidance ``NONE``). The null class ``num_classes`` itself is internal and rejected (case B12).
         grid: (steps + 1,) time grid from :func:`time_grid`, increasing from 0 to 1 (or decreasing, for inversion).
-        guidance: :class:`Guidance`.
-        solver: :class:`Solver` or its value.
-        start: first step index (> 0 for SDEdit, which starts at ``grid[start]``; ``steps`` gives a trajectory that
-            is done on creation and returns ``z`` unchanged).
+        guidance: :class:`Guidance`. solver: :class:`Solver` or its value.
+        start: first step index (> 0 for SDEdit, which starts at ``grid[start]``; ``steps`` gives a plan with no
+            evaluations whose result is ``z`` unchanged).
         num_classes: the model's class count; the null label equals it.
         edit: optional :class:`EditState` (masked editing).
-
-    Attributes:
-        index: the current step i; ``done`` once it reaches ``steps``.
-        stage: 0, or 1 for Heun's second evaluation of step i.
-        nfe: model evaluations (solver stages) so far; rows: forward rows so far, counting unconditional twins.
 
     Raises:
         ValueError: a field outside its range (named in the message).
@@ -353,13 +414,9 @@ class Trajectory:
     start: int = 0
     num_classes: int = NULL_LABEL
     edit: EditState | None = None
-    index: int = field(init=False)
-    stage: int = field(init=False, default=0)
-    nfe: int = field(init=False, default=0)
-    rows: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.solver = _solver(self.solver)
+        object.__setattr__(self, "solver", _solver(self.solver))
         if not isinstance(self.guidance, Guidance):
             raise _invalid("guidance", self.guidance, "a svg.sampling.Guidance")
         if self.z.dim() != 2 or self.z.dtype != torch.float32:
@@ -374,171 +431,69 @@ class Trajectory:
             raise _invalid("label", label, f"an integer in [0, {self.num_classes - 1}] or None (unconditional)")
         if isinstance(self.start, bool) or not isinstance(self.start, int) or not 0 <= self.start <= self.steps:
             raise _invalid("start", self.start, f"an integer in [0, {self.steps}] ({self.steps}: nothing to do)")
-        self._times = self.grid.tolist()  # python floats (exact float32 values): no device syncs in the loop
-        self._steps_dt = self.grid.diff().tolist()  # float32 differences, as the reference
-        self.index = self.start
-        self._z_stage0: torch.Tensor | None = None  # Heun: z at t_i and the first velocity
-        self._v_stage0: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
         """N, the step count of the full grid (SDEdit runs ``N − start`` of them)."""
         return self.grid.numel() - 1
 
-    @property
-    def done(self) -> bool:
-        return self.index >= self.steps
-
-    @property
-    def t(self) -> float:
-        """The time of the current state ``z``."""
-        return self._times[self.index]
-
-    def _coefficients(self, t: float) -> tuple[int, float, float | None]:
-        # (label of the primary row, multiplier of its output, guidance scale or None when no twin is needed)
-        if self.guidance.zero_init_active(self.index - self.start):
-            return self.num_classes, -self.guidance.zero_init_ratio, None
-        w = self.guidance.scale_at(self.index, self.steps, t)
-        label = self.num_classes if self.label is None else self.label
-        return label, 1.0, (None if w == 1.0 else w)
-
-    def pending(self) -> Pending:
-        """The next evaluation: ``Pending(z (T, C), t, guided)``.
-
-        Raises:
-            RuntimeError: the trajectory is done.
-        """
-        if self.done:
-            raise RuntimeError("trajectory is done; it has no pending evaluation")
-        t = self._times[self.index + self.stage]  # Heun's second stage evaluates the predictor at t_{i+1}
-        return Pending(self.z, t, self._coefficients(t)[2] is not None)
-
-    @property
-    def eval_label(self) -> int:
-        """Label of the pending evaluation's (first) row: the class, or the null label during zero-init steps."""
-        return self._coefficients(self.pending().t)[0]
-
-    @property
-    def rows_needed(self) -> int:
-        """Forward rows the pending evaluation takes: 2 when guided, else 1 (for the server's row budget)."""
-        return 2 if self.pending().guided else 1
-
-    def advance(self, v_row: torch.Tensor, v_uncond: torch.Tensor | None = None) -> None:
-        """Consume the model output of the pending evaluation.
-
-        Args:
-            v_row: (T, C) velocity (first C output channels) of the row labelled :attr:`eval_label`.
-            v_uncond: (T, C) velocity of the unconditional twin; required iff the pending evaluation is guided.
-
-        Raises:
-            ValueError: ``v_uncond`` given or missing against ``pending().guided``.
-        """
-        _, t, guided = self.pending()
-        if guided != (v_uncond is not None):
-            raise _invalid("v_uncond", None if v_uncond is None else "tensor",
-                           "a tensor" if guided else "None (this evaluation is not guided)")
-        _, mult, w = self._coefficients(t)
-        self.rows += 2 if guided else 1
-        v = v_row.float() * mult
-        if w is not None:
-            v = _cfg(v, v_uncond.float(), torch.tensor(w, dtype=torch.float32, device=v.device))
-        dt = torch.tensor(self._steps_dt[self.index], dtype=torch.float32, device=v.device)
-        self._commit(v, self.z + dt * v)
-
-    def _commit(self, v: torch.Tensor, moved: torch.Tensor) -> None:
-        # v: (T, C) guided velocity of the pending evaluation; moved = z + dt·v (computed batched by step_batch).
-        # Euler: z ← moved. Heun: predictor z ← moved, then the trapezoid from the stored start of the step.
-        self.nfe += 1
-        if self.solver is Solver.EULER:
-            self.z = moved
-        elif self.stage == 0:
-            self._z_stage0, self._v_stage0 = self.z, v
-            self.z = moved
-            self.stage = 1
-            return
-        else:
-            dt = self._steps_dt[self.index]
-            self.z = self._z_stage0 + (0.5 * dt) * (self._v_stage0 + v)
-            self._z_stage0 = self._v_stage0 = None
-            self.stage = 0
-        self.index += 1
-        if self.edit is not None:
-            self._reimpose()
-
-    def _reimpose(self) -> None:
-        edit, t = self.edit, self._times[self.index]
-        progress = (self.index - self.start) / (self.steps - self.start)  # τ in (0, 1]
-        keep = (1.0 - edit.editable).pow(1.0 + edit.fade * progress)  # (T, 1)
-        on_path = (1.0 - t) * edit.noise + t * edit.reference  # (T, C), the reference latent noised to t
-        self.z = torch.lerp(self.z, on_path, keep)
-
-
-def _cfg(v_cond: torch.Tensor, v_uncond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # v = v_u + w·(v_c − v_u) on ALL channels (case B09), w broadcast over (..., T, C).
-    return v_uncond + w * (v_cond - v_uncond)
+    def evaluations(self) -> list[Evaluation]:
+        """This image's :func:`schedule`."""
+        return schedule(self.grid, self.guidance, self.solver, start=self.start, label=self.label,
+                        num_classes=self.num_classes, fade=None if self.edit is None else self.edit.fade)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Batched step
+# Running plans to completion (library API; the server runs the same step through its engine)
 
 
-def step_batch(model: Model, trajectories: Sequence[Trajectory]) -> int:
-    """Advance every unfinished trajectory by one model evaluation, with ONE forward call.
+@dataclass(frozen=True)
+class RunResult:
+    """Output of :func:`run_rows`: ``latents`` (B, T, C) float32 final latents; ``nfe`` (B,) model evaluations of
+    each image (solver stages); ``model_rows`` forward rows in total, counting unconditional twins; ``calls``
+    forward calls."""
 
-    The rows are the pending evaluations in the given order, followed by one unconditional twin (label
-    ``num_classes``) per guided row only. ``model(x (R, T, C) float32, t (R,) float32, y (R,) int64)`` is any
-    callable with ``SiT.forward``'s signature (an engine); the velocity is the first C output channels. The guidance
-    combination is vectorised over the batch; each row's result is the same as if it ran alone (up to the model's
-    own batch-size dependence).
+    latents: torch.Tensor
+    nfe: list[int]
+    model_rows: int
+    calls: int
 
-    Returns:
-        R, the number of forward rows (0 when nothing was pending; then the model is not called).
+
+def run_rows(model: Model, plans: Sequence[RowPlan]) -> RunResult:
+    """Run every plan to its end with one batched forward per step (:func:`svg.slots.step`, the server's step).
+
+    Rows at different timesteps, step counts, guidance settings, solvers and kinds share each forward; a plan
+    leaves the batch when its evaluations are done. ``model(x (R, T, C) f32, t (R,) f32, y (R,) i64)`` is any
+    callable with ``SiT.forward``'s signature; its velocity is the first C output channels.
 
     Raises:
-        ValueError: trajectories with different latent shapes, devices or null labels.
+        ValueError: plans with different latent shapes, devices or null labels, or no plans.
     """
-    active = [tr for tr in trajectories if not tr.done]
-    if not active:
-        return 0
-    first = active[0]
-    for tr in active:
-        if tr.z.shape != first.z.shape or tr.z.device != first.z.device or tr.num_classes != first.num_classes:
-            raise _invalid("trajectories", "mixed", f"one latent shape {tuple(first.z.shape)}, device "
+    from svg.slots import SlotBatch, step
+
+    if not plans:
+        raise _invalid("plans", [], "at least one RowPlan")
+    first = plans[0]
+    for p in plans:
+        if p.z.shape != first.z.shape or p.z.device != first.z.device or p.num_classes != first.num_classes:
+            raise _invalid("plans", "mixed", f"one latent shape {tuple(first.z.shape)}, device "
                            f"{first.z.device} and num_classes {first.num_classes} per batch")
-    device, channels = first.z.device, first.z.shape[-1]
-    pending = [tr.pending() for tr in active]
-    coeffs = [tr._coefficients(p.t) for tr, p in zip(active, pending)]
-    guided = [i for i, (_, _, w) in enumerate(coeffs) if w is not None]
-
-    x = torch.stack([p.z for p in pending] + [pending[i].z for i in guided])  # (R, T, C)
-    t = torch.tensor([p.t for p in pending] + [pending[i].t for i in guided], dtype=torch.float32)
-    y = torch.tensor([c[0] for c in coeffs] + [first.num_classes] * len(guided), dtype=torch.int64)
+    evaluations = [p.evaluations() for p in plans]
+    tokens, channels = first.z.shape
+    slots = SlotBatch(len(plans), tokens, channels, max_evals=max(1, max(len(e) for e in evaluations)),
+                      num_classes=first.num_classes, device=first.z.device)
+    for slot, (plan, evals) in enumerate(zip(plans, evaluations)):
+        slots.admit(slot, plan, evals)
+    active = [slot for slot, evals in enumerate(evaluations) if evals]
+    rows = calls = 0
     with torch.no_grad():
-        out = model(x, t.to(device), y.to(device))[..., :channels].float()  # (R, T, C) velocities
-
-    n = len(active)
-    mult = torch.tensor([c[1] for c in coeffs], dtype=torch.float32, device=device).view(n, 1, 1)
-    v = out[:n] * mult  # × 1 is exact; × −r for zero-init rows
-    if guided:
-        rows = torch.tensor(guided, device=device)
-        w = torch.tensor([coeffs[i][2] for i in guided], dtype=torch.float32, device=device).view(-1, 1, 1)
-        v[rows] = _cfg(v[rows], out[n:], w)
-    dt = torch.tensor([tr._steps_dt[tr.index] for tr in active], dtype=torch.float32, device=device)
-    moved = x[:n] + dt.view(n, 1, 1) * v  # (n, T, C): every row's Euler step / Heun predictor in one op
-    for k, tr in enumerate(active):
-        tr.rows += 2 if coeffs[k][2] is not None else 1
-        tr._commit(v[k], moved[k])
-    return x.shape[0]
-
-
-def run_to_completion(model: Model, trajectories: Sequence[Trajectory]) -> tuple[int, int]:
-    """Call :func:`step_batch` until every trajectory is done. Returns ``(forward calls, forward rows)``."""
-    calls = rows = 0
-    while True:
-        r = step_batch(model, trajectories)
-        if r == 0:
-            return calls, rows
-        calls, rows = calls + 1, rows + r
+        while active:
+            layout = slots.layout(active)  # (4, R): the forward rows of this step
+            step(model, slots, layout.to(slots.device))
+            rows, calls = rows + layout.shape[1], calls + 1
+            done = set(slots.advance(active))
+            active = [slot for slot in active if slot not in done]
+    return RunResult(slots.x[:len(plans)].clone(), [len(e) for e in evaluations], rows, calls)
 
 
 @dataclass(frozen=True)
@@ -584,8 +539,7 @@ def sample(model: Model, noise: torch.Tensor, y: torch.Tensor, *, steps: int, gu
     if y.shape != noise.shape[:1]:
         raise _invalid("y.shape", tuple(y.shape), f"({noise.shape[0]},), one label per image")
     grid = time_grid(steps, shift)
-    trajectories = [Trajectory(noise[b].float(), int(label), grid, guidance, solver, num_classes=num_classes)
-                    for b, label in enumerate(y.tolist())]
-    _, rows = run_to_completion(model, trajectories)
-    latents = torch.stack([tr.z for tr in trajectories])
-    return SampleResult(latents, trajectories[0].nfe, rows, grid)
+    plans = [RowPlan(noise[b].float(), int(label), grid, guidance, solver, num_classes=num_classes)
+             for b, label in enumerate(y.tolist())]
+    result = run_rows(model, plans)
+    return SampleResult(result.latents, result.nfe[0], result.model_rows, grid)

@@ -11,7 +11,7 @@ import torch
 from svg.config import SiTConfig
 from svg.editing import (box_mask, edit, edit_trajectory, editable_region, interpolate, interpolate_noise,
                          inversion_trajectory, sdedit_start, soften_mask)
-from svg.sampling import Guidance, GuidanceMode, initial_noise, run_to_completion, sample
+from svg.sampling import Guidance, GuidanceMode, initial_noise, run_rows, sample
 from svg.sit import SiT
 
 T, C = 16, 392
@@ -92,7 +92,7 @@ def test_strength_zero_returns_the_input_exactly_without_evaluations(model):
                   inversion=True)
     assert torch.equal(result.latents, x) and result.nfe == 0 and result.model_rows == 0 and not calls
     tr = edit_trajectory(x[0], 1, strength=0.0, steps=10)
-    assert tr.done and torch.equal(tr.z, x[0])
+    assert tr.evaluations() == [] and torch.equal(tr.z, x[0])
 
 
 def test_strength_one_without_mask_is_generation_from_the_same_seed(model):
@@ -105,7 +105,7 @@ def test_strength_one_without_mask_is_generation_from_the_same_seed(model):
 def test_random_sdedit_starts_on_the_noised_path(model):
     x = source(1)[0]
     tr = edit_trajectory(x, 3, strength=0.5, steps=10, shift=1.0, seed=4)
-    assert tr.start == 5 and tr.t == 0.5
+    assert tr.start == 5 and float(tr.grid[tr.start]) == 0.5
     assert torch.allclose(tr.z, 0.5 * initial_noise(4, 0, (T, C)) + 0.5 * x)
 
 
@@ -131,9 +131,8 @@ def test_mask_fade_changes_only_the_soft_band(model):
     soft = soften_mask(box_mask((0, 0, 32, 64), 64, 64), 8.0, (4, 4))[0]  # (16, 1)
     outs = {}
     for fade in (0.0, 3.0):
-        tr = edit_trajectory(x, 7, strength=0.7, steps=6, editable=soft, mask_fade=fade, seed=3)
-        run_to_completion(model, [tr])
-        outs[fade] = tr.z
+        plan = edit_trajectory(x, 7, strength=0.7, steps=6, editable=soft, mask_fade=fade, seed=3)
+        outs[fade] = run_rows(model, [plan]).latents[0]
     band = (soft[:, 0] > 0) & (soft[:, 0] < 1)
     fixed = (soft[:, 0] == 0) | (soft[:, 0] == 1)
     assert band.any() and (outs[0.0][band] - outs[3.0][band]).abs().max() > 1e-4
@@ -149,10 +148,10 @@ def test_inversion_reconstructs_the_source_far_better_than_fresh_noise(model):
         assert inverted.nfe == 2 * (steps - inverted.start)  # inversion + edit
     fresh = edit(model, x, labels, strength=0.6, steps=20, shift=1.0)
     assert errors[1] < errors[0] / 4 and errors[1] < (fresh.latents - x).pow(2).mean().item() / 1000
-    tr = inversion_trajectory(x[0], steps=4, start=1, shift=1.0)
-    assert tr.t == 1.0 and tr.eval_label == 1000  # starts at the data end, unconditional
-    run_to_completion(model, [tr])
-    assert tr.t == 0.25 and tr.nfe == 3
+    plan = inversion_trajectory(x[0], steps=4, start=1, shift=1.0)
+    evaluations = plan.evaluations()
+    assert evaluations[0].t == 1.0 and evaluations[0].label == 1000  # starts at the data end, unconditional
+    assert evaluations[-1].t_after == 0.25 and run_rows(model, [plan]).nfe == [3]
 
 
 def test_edit_argument_validation(model):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from svg.config import SiTConfig
-from svg.sampling import (Guidance, GuidanceMode, Solver, Trajectory, derive_seed, initial_noise, run_to_completion,
-                          sample, step_batch, time_grid)
+from svg.sampling import (Guidance, GuidanceMode, RowPlan, Solver, derive_seed, evaluation_costs, initial_noise,
+                          run_rows, sample, time_grid)
+from svg.slots import SlotBatch, step
 from svg.sit import SiT
 
 T, C = 16, 392  # 4×4 token grid with the released channel count, so channel 391 exists (B09)
@@ -59,11 +60,10 @@ def test_guidance_applies_to_all_channels_including_the_last(model):
     assert (v_c - v_u)[:, C - 1].abs().max() > 1e-4  # cond ≠ uncond on channel 391
     results = {}
     for w in (1.0, 4.0):
-        tr = Trajectory(z, 5, torch.tensor([t, 0.8]), Guidance(GuidanceMode.CONSTANT, w))
-        step_batch(per_row(model), [tr])
-        results[w] = tr.z
+        plan = RowPlan(z, 5, torch.tensor([t, 0.8]), Guidance(GuidanceMode.CONSTANT, w))
+        results[w] = run_rows(per_row(model), [plan]).latents[0]
         expected = z + (0.8 - t) * (v_u + w * (v_c - v_u))
-        assert torch.allclose(tr.z, expected, atol=1e-5)
+        assert torch.allclose(results[w], expected, atol=1e-5)
     assert (results[4.0] - results[1.0])[:, C - 1].abs().max() > 1e-4
 
 
@@ -133,65 +133,65 @@ def test_invalid_step_counts_raise(model, steps):
 
 def _mixed(grid_of):
     return [
-        Trajectory(noise(1), 1, grid_of(3, 0.15), Guidance(GuidanceMode.CONSTANT, 4.0)),
-        Trajectory(noise(2), 2, grid_of(5, 1.0), Guidance(), Solver.HEUN),
-        Trajectory(noise(3), 3, grid_of(4, 0.15), Guidance(GuidanceMode.ZERO_INIT, 1.5, 2, 0.5)),
-        Trajectory(noise(4), 4, grid_of(6, 0.4), Guidance(GuidanceMode.INTERVAL, 3.0, interval=(0.2, 0.7))),
-        Trajectory(noise(5), 5, grid_of(2, 0.15), Guidance(GuidanceMode.LINEAR, 2.0), Solver.HEUN),
-        Trajectory(noise(6), 6, grid_of(5, 0.15), Guidance(GuidanceMode.LATE, 2.0), start=2),
+        RowPlan(noise(1), 1, grid_of(3, 0.15), Guidance(GuidanceMode.CONSTANT, 4.0)),
+        RowPlan(noise(2), 2, grid_of(5, 1.0), Guidance(), Solver.HEUN),
+        RowPlan(noise(3), 3, grid_of(4, 0.15), Guidance(GuidanceMode.ZERO_INIT, 1.5, 2, 0.5)),
+        RowPlan(noise(4), 4, grid_of(6, 0.4), Guidance(GuidanceMode.INTERVAL, 3.0, interval=(0.2, 0.7))),
+        RowPlan(noise(5), 5, grid_of(2, 0.15), Guidance(GuidanceMode.LINEAR, 2.0), Solver.HEUN),
+        RowPlan(noise(6), 6, grid_of(5, 0.15), Guidance(GuidanceMode.LATE, 2.0), start=2),
     ]
 
 
 def test_mixed_step_counts_guidance_and_solvers_batch_equal_solo(model):
-    batched = _mixed(time_grid)
-    calls, rows = run_to_completion(per_row(model), batched)
-    assert calls == max(tr.nfe for tr in batched) == 10  # Heun 5 steps
-    assert rows == sum(tr.rows for tr in batched)
-    for tr, fresh in zip(batched, _mixed(time_grid)):
-        run_to_completion(per_row(model), [fresh])
-        assert torch.equal(tr.z, fresh.z) and tr.nfe == fresh.nfe and tr.rows == fresh.rows
-    # late joiners: a trajectory added mid-flight matches its solo run too
-    first, joiner = _mixed(time_grid)[0], _mixed(time_grid)[1]
-    step_batch(per_row(model), [first])
-    run_to_completion(per_row(model), [first, joiner])
-    assert torch.equal(joiner.z, batched[1].z) and torch.equal(first.z, batched[0].z)
+    plans = _mixed(time_grid)
+    batched = run_rows(per_row(model), plans)
+    assert batched.calls == max(batched.nfe) == 10  # Heun 5 steps
+    assert batched.model_rows == sum(sum(evaluation_costs(p.evaluations())) for p in plans)
+    for k, plan in enumerate(plans):
+        solo = run_rows(per_row(model), [plan])
+        assert torch.equal(batched.latents[k], solo.latents[0]) and batched.nfe[k] == solo.nfe[0]
+
+
+def test_late_joiner_in_another_slot_matches_its_solo_run(model):
+    first, joiner = _mixed(time_grid)[:2]
+    slots = SlotBatch(4, T, C, max_evals=10)
+    slots.admit(2, first)
+    step(per_row(model), slots, slots.layout([2]))
+    slots.advance([2])
+    slots.admit(0, joiner)  # joins mid-flight, in a lower slot
+    active = [2, 0]
+    while active:
+        step(per_row(model), slots, torch.cat([slots.layout(active), slots.padding(3)], 1))  # padding is inert
+        done = slots.advance(active)
+        active = [s for s in active if s not in done]
+    assert torch.equal(slots.retire(0), run_rows(per_row(model), [joiner]).latents[0])
+    assert torch.equal(slots.retire(2), run_rows(per_row(model), [first]).latents[0])
+    assert slots.occupied() == []
+    with pytest.raises(ValueError, match="slot=2"):
+        slots.retire(2)
 
 
 def test_unconditional_twins_only_where_guidance_is_active(model):
-    interval = Trajectory(noise(1), 1, time_grid(6, 1.0), Guidance(GuidanceMode.INTERVAL, 3.0, interval=(0.3, 0.6)))
-    plain = Trajectory(noise(2), 2, time_grid(6, 1.0), Guidance())
+    interval = RowPlan(noise(1), 1, time_grid(6, 1.0), Guidance(GuidanceMode.INTERVAL, 3.0, interval=(0.3, 0.6)))
+    plain = RowPlan(noise(2), 2, time_grid(6, 1.0), Guidance())
     counter = Counter(model)
-    run_to_completion(counter, [interval, plain])
+    result = run_rows(counter, [interval, plain])
     # grid 0, 1/6, ..., 5/6: t in [0.3, 0.6] for t = 2/6 and 3/6 only
     assert [len(labels) for labels in counter.labels] == [2, 2, 3, 3, 2, 2]
-    assert interval.rows == 8 and plain.rows == 6 and interval.nfe == plain.nfe == 6
+    assert evaluation_costs(interval.evaluations()) == [1, 1, 2, 2, 1, 1]
+    assert result.model_rows == 14 and result.nfe == [6, 6]
 
 
 def test_zero_init_first_step_keeps_the_noise_and_uses_only_the_null_row(model):
-    tr = Trajectory(noise(9), 4, time_grid(4, 0.15), Guidance(GuidanceMode.ZERO_INIT, 1.5))
+    plan = RowPlan(noise(9), 4, time_grid(4, 0.15), Guidance(GuidanceMode.ZERO_INIT, 1.5))
+    first, second = plan.evaluations()[:2]
+    assert (first.label, first.twin, second.label, second.twin) == (1000, False, 4, True)
+    assert evaluation_costs(plan.evaluations()) == [1, 2, 2, 2]  # cfg_star's first step runs one row
     counter = Counter(model)
-    assert tr.rows_needed == 1 and tr.eval_label == 1000
-    step_batch(counter, [tr])
-    assert counter.labels == [[1000]] and torch.equal(tr.z, noise(9)) and tr.t > 0
-    assert tr.rows_needed == 2 and tr.eval_label == 4
-
-
-def test_advance_equals_step_batch(model):
-    a = Trajectory(noise(1), 1, time_grid(3, 0.15), Guidance(GuidanceMode.CONSTANT, 2.5), Solver.HEUN)
-    b = Trajectory(noise(1), 1, time_grid(3, 0.15), Guidance(GuidanceMode.CONSTANT, 2.5), Solver.HEUN)
-    while not a.done:
-        z, t, guided = a.pending()
-        assert guided
-        with torch.no_grad():
-            out = model(torch.stack([z, z]), torch.tensor([t, t]), torch.tensor([a.eval_label, 1000]))[..., :C]
-        a.advance(out[0], out[1])
-        step_batch(model, [b])
-    assert torch.equal(a.z, b.z) and a.nfe == b.nfe == 6
-    with pytest.raises(RuntimeError, match="done"):
-        a.pending()
-    c = Trajectory(noise(1), 1, time_grid(3, 0.15), Guidance(GuidanceMode.CONSTANT, 2.5))
-    with pytest.raises(ValueError, match="v_uncond"):
-        c.advance(torch.zeros(T, C))
+    slots = SlotBatch(1, T, C, max_evals=4)
+    slots.admit(0, plan)
+    step(counter, slots, slots.layout([0]))
+    assert counter.labels == [[1000]] and torch.equal(slots.x[0], noise(9))
 
 
 def test_guidance_schedules():
@@ -222,11 +222,12 @@ def test_trajectory_and_sample_validation(model):
     grid = time_grid(3, 0.15)
     for label in (-1, 1000, 1001):  # 1000 is the null class: internal to guidance only (B12)
         with pytest.raises(ValueError, match="label"):
-            Trajectory(noise(0), label, grid, Guidance(GuidanceMode.CONSTANT, 2.0))
+            RowPlan(noise(0), label, grid, Guidance(GuidanceMode.CONSTANT, 2.0))
     with pytest.raises(ValueError, match="solver"):
-        Trajectory(noise(0), 1, grid, solver="dpm")
+        RowPlan(noise(0), 1, grid, solver="dpm")
     with pytest.raises(ValueError, match="y.shape"):
         sample(model, noise(0)[None], torch.tensor([1, 2]), steps=2)
-    with pytest.raises(ValueError, match="trajectories"):
-        step_batch(model, [Trajectory(noise(0), 1, grid), Trajectory(torch.zeros(T, 8), 1, grid)])
-    assert step_batch(model, [Trajectory(noise(0), 1, grid, start=3)]) == 0  # done on creation: no call
+    with pytest.raises(ValueError, match="plans"):
+        run_rows(model, [RowPlan(noise(0), 1, grid), RowPlan(torch.zeros(T, 8), 1, grid)])
+    done = run_rows(model, [RowPlan(noise(0), 1, grid, start=3)])  # nothing to run: no call
+    assert done.calls == 0 and torch.equal(done.latents[0], noise(0))
