@@ -156,7 +156,9 @@ class SiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
+        # c may carry more rows than x (the SiT's fixed-size conditioning path): the first B are x's.
+        mods = self.adaLN_modulation(c)[: x.shape[0]]  # (B, 6·hidden)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods.chunk(6, dim=1)
         if _fused_kernels(x):  # same maths, one pass each; statistics in fp32 (kernels/adaln.py)
             import kernels
 
@@ -179,7 +181,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        shift, scale = self.adaLN_modulation(c)[: x.shape[0]].chunk(2, dim=1)
         return self.linear(_modulate(self.norm_final(x), shift, scale))
 
 
@@ -192,11 +194,20 @@ class SiT(nn.Module):
 
     Args:
         config: the :class:`SiTConfig`; ``config.out_channels`` outputs per token.
+
+    Attributes:
+        cond_rows: ``None``, or a fixed row count P for the conditioning path: the time/label embedders and every
+            adaLN linear then run on P rows (the inputs padded with t = 0, the null label) whatever the batch size
+            B <= P. Those GEMMs have M = rows, and CPU/GPU BLAS round a row differently at different M; the token
+            GEMMs (M = B·T) do not on the CPUs we test (tests/svg/test_batch_invariance.py). With it, a row's output
+            is bit-identical at any B <= P and any position in the batch, for the cost of P conditioning rows
+            (weight-bound: about the cost of one). Engines set it to their ``max_rows``.
     """
 
     def __init__(self, config: SiTConfig) -> None:
         super().__init__()
         self.config = config
+        self.cond_rows: int | None = None
         h = config.hidden_size
         self.ln1 = nn.Linear(config.in_channels, h)  # named like a norm in the reference, but a Linear
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, h), requires_grad=False)
@@ -245,7 +256,13 @@ class SiT(nn.Module):
             (B, T, C_out) in x's dtype; C_out = 2·C_in when ``learn_sigma`` (velocity = first C_in channels).
         """
         h = self.ln1(x) + self.pos_embed  # (B, T, hidden)
-        c = self.t_embedder(t) + self.y_embedder(y, force_drop_ids)  # (B, hidden)
+        pad = 0 if self.cond_rows is None else max(0, self.cond_rows - x.shape[0])
+        if pad:  # fixed-size conditioning path (see cond_rows); padded rows are sliced away in every block
+            t = torch.cat([t, t.new_zeros(pad)])
+            y = torch.cat([y, y.new_full((pad,), self.config.num_classes)])
+            if force_drop_ids is not None:
+                force_drop_ids = torch.cat([force_drop_ids, force_drop_ids.new_zeros(pad)])
+        c = self.t_embedder(t) + self.y_embedder(y, force_drop_ids)  # (max(B, cond_rows), hidden)
         for block in self.blocks:
             h = block(h, c)
         return self.final_layer(h, c)  # (B, T, C_out)
