@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.base import DecodeAdapter, DecoderEngine, EagerEngine, Engine, EngineError, nonfinite_rows
+from engines.base import DecodeAdapter, DecoderEngine, EagerEngine, Engine, EngineError, Stepper, nonfinite_rows
 from engines.buckets import default_buckets, validate_buckets
 from engines.precision import default_dtype, parse_dtype
 
 __all__ = [
-    "Engine", "EagerEngine", "DecoderEngine", "EngineError", "EngineKind", "create", "example_inputs",
+    "Engine", "EagerEngine", "DecoderEngine", "EngineError", "EngineKind", "Stepper", "create", "example_inputs",
     "nonfinite_rows",
 ]
 
@@ -90,6 +90,7 @@ def create(
     cuda_graphs: bool | None = None,
     compile_mode: str | None = None,
     warmup: bool = True,
+    batch_invariant: bool = True,
 ) -> Engine:
     """Build (and by default warm up) an engine: the server's ``--engine eager|compile|tensorrt``.
 
@@ -108,7 +109,11 @@ def create(
         latent_shape: ``(C, h, w)`` for a decoder whose config does not say it.
         cuda_graphs: ``compile`` only; default on for CUDA.
         compile_mode: ``torch.compile`` mode override.
-        warmup: run every bucket once now (compile time in ``engine.compile_seconds``).
+        warmup: run every bucket once now (compile time in ``engine.compile_seconds``). A server that samples
+            through :meth:`Engine.stepper` passes False and warms the step's buckets instead.
+        batch_invariant: a row's output does not depend on the call's row count (eager and compile engines): the
+            SiT's conditioning path runs at ``max_rows`` rows (``SiT.cond_rows``), a decoder pads 1-latent calls to
+            2 (CPU convolutions round a 1-image batch differently). TensorRT makes no such promise.
 
     Returns:
         The built engine.
@@ -142,6 +147,11 @@ def create(
         engine = TensorRTEngine(module, role=role, device=device, dtype=dtype, max_rows=max_rows,
                                 cache_dir=cache_dir, preset=preset,
                                 latent_shape=_latent_shape(module, latent_shape) if role == "decoder" else None)
+    if batch_invariant and kind is not EngineKind.TENSORRT:
+        if role == "sit":
+            engine.module.cond_rows = engine.max_rows
+        else:
+            engine.min_rows = min(2, engine.max_rows or 2)
     engine.build()
     if warmup:
         sizes = getattr(engine, "buckets", None) or sorted({1, max_rows})

@@ -10,6 +10,9 @@ Lifecycle::
     engine.build()                     # compile / load a cached artefact
     engine.warmup([1, 2, 4, 8])        # run every row bucket once, before /ready
     out = engine(x, t, y)              # same signature as SiT.forward
+    run = engine.stepper(slots)        # the sampling step (svg.slots.step) over a SlotBatch, through this engine
+    engine.warmup_step(run, [1, 2, 4]) # compile / capture each row bucket of the step before /ready
+    run(layout)                        # one DiT step of the rows in layout (svg.slots.SlotBatch.layout)
     engine.close()
 
 Every positional argument is a tensor whose dim 0 is the row dimension (the SiT's ``x (R,T,C), t (R,), y (R,)``,
@@ -115,6 +118,9 @@ class Engine:
         self.max_rows = max_rows
         self.compile_seconds = 0.0
         self.warmup_seconds = 0.0
+        # Calls with fewer rows are padded up to this (the decoder's convolutions round a 1-image batch
+        # differently from any larger one on CPU; engines.create sets 2 for batch-invariant decoders).
+        self.min_rows = 1
 
     def build(self) -> "Engine":
         """Prepare the engine (compile, load from cache). Returns ``self``."""
@@ -138,7 +144,7 @@ class Engine:
             raise EngineError(f"rows={rows} is out of range; an engine call needs at least 1 row")
         if self.max_rows is not None and rows > self.max_rows:
             raise EngineError(f"rows={rows} exceeds this engine's max_rows={self.max_rows}")
-        return rows
+        return max(rows, self.min_rows)
 
     def _check_rows(self, args: Sequence[torch.Tensor]) -> int:
         if not args:
@@ -160,12 +166,48 @@ class Engine:
     @torch.no_grad()
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         """Same signature as the wrapped module's ``forward``; returns a float32 tensor the caller owns."""
-        self._check_rows(args)
+        rows = self._check_rows(args)
         args = tuple(a.to(self.device) for a in args)
+        size = self.padded_rows(rows)
+        if size > rows:  # the min_rows padding: repeat row 0
+            return self._run(*[torch.cat([a, _repeat_rows(a, size - rows)]) for a in args])[:rows]
         return self._run(*args)
+
+    def stepper(self, slots) -> "Stepper":
+        """The sampling step over ``slots`` (an ``svg.slots.SlotBatch`` on this device) through this engine.
+
+        Returns a callable ``run(layout (4, R) int64)`` doing one :func:`svg.slots.step` in place, its forward
+        under this engine's precision policy; it raises :class:`EngineError` when R exceeds ``max_rows``. This
+        base version runs the step eagerly (eager and TensorRT engines); compiled engines compile it.
+        """
+        from svg.slots import step
+
+        def run(layout: torch.Tensor) -> None:
+            self.padded_rows(layout.shape[1])
+            with torch.no_grad():
+                step(self._run, slots, layout.to(self.device))
+
+        return Stepper(run, slots)
+
+    def warmup_step(self, run: "Stepper", row_counts: Sequence[int]) -> None:
+        """Run the step once per row bucket of ``row_counts`` on padding rows only (they touch no slot's state)."""
+        start = time.perf_counter()
+        for size in sorted({self.padded_rows(r) for r in row_counts}):
+            run(run.slots.padding(size))
+        self.warmup_seconds += time.perf_counter() - start
 
     def close(self) -> None:
         """Release device memory and compiled artefacts."""
+
+
+class Stepper:
+    """``run(layout)``: one sampling step of the slot batch ``slots`` through an engine (:meth:`Engine.stepper`)."""
+
+    def __init__(self, fn, slots) -> None:
+        self.fn, self.slots = fn, slots
+
+    def __call__(self, layout: torch.Tensor) -> None:
+        self.fn(layout)
 
 
 class EagerEngine(Engine):

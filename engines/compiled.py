@@ -25,7 +25,7 @@ import torch
 import torch._dynamo
 from torch import nn
 
-from engines.base import DecodeAdapter, Engine, EngineError, _repeat_rows
+from engines.base import DecodeAdapter, Engine, EngineError, Stepper, _repeat_rows
 from engines.buckets import bucket_for, default_buckets, validate_buckets
 from engines.precision import autocast_context
 
@@ -111,8 +111,7 @@ class CompiledEngine(Engine):
         Raises:
             EngineError: ``rows`` < 1 or above the largest bucket (the message names the limit).
         """
-        super().padded_rows(rows)
-        return bucket_for(rows, self.buckets)
+        return bucket_for(super().padded_rows(rows), self.buckets)
 
     def warmup(self, row_counts: Sequence[int] | None = None, example: Sequence[torch.Tensor] | None = None) -> None:
         """Compile and run every bucket that ``row_counts`` (default: all buckets) pads to.
@@ -197,6 +196,52 @@ class CompiledEngine(Engine):
                 buffer[rows:].zero_()
             staged.append(buffer)
         return staged
+
+    def stepper(self, slots) -> Stepper:
+        """The sampling step over ``slots``, compiled whole: forward, guidance mix, update and write-back.
+
+        ``torch.compile(fullgraph=True, dynamic=False)`` of :func:`svg.slots.step` with this engine's forward; each
+        row bucket is one static graph (on CUDA one CUDA graph: the slot buffers are marked static addresses, the
+        layout is copied into a persistent per-bucket buffer). A call pads its layout to the bucket with scratch
+        rows: the only padding layer. Warm the buckets with :meth:`warmup_step` before serving.
+        """
+        from svg.slots import step
+
+        if self.cuda_graphs:
+            for buffer in slots.buffers():
+                torch._dynamo.mark_static_address(buffer)
+        _reserve_recompiles(len(self.buckets))
+        compiled = torch.compile(lambda layout: step(self._forward, slots, layout), fullgraph=True, dynamic=False,
+                                 mode=self.mode)
+        layouts: dict[int, torch.Tensor] = {}  # bucket -> its persistent layout buffer
+
+        def run(layout: torch.Tensor) -> None:
+            rows = layout.shape[1]
+            size = self.padded_rows(rows)
+            staged = layouts.setdefault(size, torch.empty(4, size, dtype=torch.int64, device=self.device))
+            staged[:, :rows].copy_(layout)
+            if size > rows:
+                staged[:, rows:].copy_(slots.padding(size - rows))
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with torch.no_grad():
+                compiled(staged)
+
+        return Stepper(run, slots)
+
+    def warmup_step(self, run: Stepper, row_counts: Sequence[int]) -> None:
+        """Compile (first call) and capture/replay (later calls) the step at each bucket of ``row_counts``."""
+        for size in sorted({self.padded_rows(r) for r in row_counts}):
+            timings = []
+            for _ in range(3 if self.cuda_graphs else 2):
+                _sync(self.device)
+                start = time.perf_counter()
+                run(run.slots.padding(size))
+                _sync(self.device)
+                timings.append(time.perf_counter() - start)
+            self.bucket_seconds[size] = (timings[0], timings[-1])
+            self.compile_seconds += timings[0]
+            self.warmup_seconds += sum(timings[1:])
 
     def close(self) -> None:
         """Drop the compiled callable (dynamo's global cache is left to other engines)."""

@@ -40,7 +40,9 @@ from server.images import ImageTooLarge, InvalidImage
 from server.metrics import ServerMetrics, endpoint_label
 from server.scheduler import QueueFull
 from server.schemas import LimitError, allowed_text, json_safe, validation_detail
-from server.worker import NotReady, RequestFailed, Worker
+from server.jobs import (Cancelled, DeadlineExceeded, JobError, NonFiniteOutput, NotReady, OutOfMemory,
+                         WorkerError)
+from server.worker import Worker
 
 log = logging.getLogger("svg.server")
 
@@ -156,7 +158,17 @@ def _request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "unknown")
 
 
+# HTTP status and error name of each worker failure (server/jobs.py knows nothing of HTTP).
+_JOB_STATUS: dict[type, tuple[int, str]] = {
+    NotReady: (503, "not_ready"), Cancelled: (499, "cancelled"), DeadlineExceeded: (504, "deadline_exceeded"),
+    NonFiniteOutput: (500, "non-finite output"), OutOfMemory: (503, "out_of_memory"),
+    WorkerError: (500, "internal_error"),
+}
+
+
 def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    from server import routes
+
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
         from server.routes import body_fields
@@ -221,13 +233,18 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         metrics.rejections_total.labels(reason="too_large").inc()
         return ErrorJSONResponse(error_body("image_too_large", _request_id(request), str(exc)), status_code=413)
 
-    @app.exception_handler(RequestFailed)
-    async def on_failed(request: Request, exc: RequestFailed):
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
+    @app.exception_handler(JobError)
+    async def on_job_failed(request: Request, exc: JobError):
+        status, error = next((v for k, v in _JOB_STATUS.items() if isinstance(exc, k)), (500, "internal_error"))
+        headers = {"Retry-After": "5"} if status == 503 else None
         if isinstance(exc, NotReady):
             metrics.rejections_total.labels(reason="not_ready").inc()
-        return ErrorJSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status,
-                            headers=headers)
+        return ErrorJSONResponse(error_body(error, _request_id(request), str(exc)), status_code=status,
+                                 headers=headers)
+
+    @app.exception_handler(routes.RequestFailedWith)
+    async def on_refused(request: Request, exc: routes.RequestFailedWith):
+        return ErrorJSONResponse(error_body(exc.error, _request_id(request), str(exc)), status_code=exc.status)
 
     @app.exception_handler(ClientDisconnect)
     async def on_disconnect(request: Request, exc: ClientDisconnect):

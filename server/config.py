@@ -73,8 +73,8 @@ class ServerConfig:
     peak_flops: float = _help("device peak FLOP/s for svg_mfu_ratio (default H200 BF16 dense)", default=989.4e12)
     max_requests_per_step: int = _help("distinct requests sharing one DiT step, 0 = no cap; 1 turns batching off "
                                        "(benchmark baseline)", default=0)
-    batch_invariant: bool = _help("pad every SiT/decoder call to max_rows/decode_batch rows so a request's output "
-                                  "is bit-identical whatever it is batched with (costs compute at low load)",
+    batch_invariant: bool = _help("a request's bytes do not depend on what it is batched with: the SiT's conditioning "
+                                  "path runs at max_rows rows and the decoder never at 1 (a few % at low load)",
                                   default=True)
     warmup: bool = _help("run one tiny request before /ready reports 200", default=True)
     log_level: str = _help("uvicorn log level", default="info")

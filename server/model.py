@@ -32,8 +32,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _make_engine(kind: str, module, *, device: torch.device, dtype: torch.dtype, max_rows: int, decoder: bool,
-                 preset: str | None):
-    """Build (and warm up) an engine of ``kind`` around ``module`` through :func:`engines.create`.
+                 preset: str | None, batch_invariant: bool):
+    """Build an engine of ``kind`` around ``module`` through :func:`engines.create`. The decoder's buckets are
+    warmed here; the SiT is served through ``engine.stepper`` and the worker warms the step's buckets instead.
 
     Raises:
         engines.EngineError: the engine cannot be built here (the server then reports the reason on /health).
@@ -41,7 +42,8 @@ def _make_engine(kind: str, module, *, device: torch.device, dtype: torch.dtype,
     import engines
 
     return engines.create(kind, module, role="decoder" if decoder else "sit", device=device, dtype=dtype,
-                          max_rows=max_rows, preset=preset or "custom")
+                          max_rows=max_rows, preset=preset or "custom", warmup=decoder,
+                          batch_invariant=batch_invariant)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class LoadedModel:
 
     Attributes:
         pipeline: the ``svg.pipeline.SVGPipeline`` (sit, autoencoder, latent norm).
-        sit_engine: callable ``(x (R, T, C) f32, t (R,) f32, y (R,) i64) -> (R, T, C_out)``.
+        sit_engine: an ``engines.Engine`` around the SiT; the worker samples through ``sit_engine.stepper(slots)``.
         decoder_engine: callable ``(latent (R, C, h, w)) -> images (R, 3, H, W)`` in [-1, 1].
         device: the torch device. tokens/channels/grid: latent token count T, channels C, grid side h (= w).
         image_size: model resolution in pixels. num_classes: classes (null label = num_classes).
@@ -136,9 +138,10 @@ def load_model(cfg: ServerConfig) -> LoadedModel:
     image_size = pipe.autoencoder.config.dino.img_size
     preset = pipe.metadata.get("preset") or cfg.preset
     sit_engine = _make_engine(cfg.sit_engine, pipe.sit, device=device, dtype=dtype, max_rows=cfg.max_rows,
-                              decoder=False, preset=preset)
+                              decoder=False, preset=preset, batch_invariant=cfg.batch_invariant)
     decoder_engine = _make_engine(cfg.decoder_engine, pipe.autoencoder, device=device, dtype=dtype,
-                                  max_rows=cfg.decode_batch, decoder=True, preset=preset)
+                                  max_rows=cfg.decode_batch, decoder=True, preset=preset,
+                                  batch_invariant=cfg.batch_invariant)
     flops = preset_flops_per_row(sit_cfg.hidden_size, sit_cfg.depth, tokens, channels)
     return LoadedModel(
         pipeline=pipe, sit_engine=sit_engine, decoder_engine=decoder_engine, device=device, tokens=tokens,

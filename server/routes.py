@@ -34,7 +34,7 @@ from server.schemas import (
     ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, ReconstructJSON, ReconstructParams, check_limits,
     class_allowed, validation_detail,
 )
-from server.worker import Cancelled, NonFiniteOutput, NotReady, RequestFailed, RowSpec, SampleJob
+from server.jobs import Cancelled, JobError, NonFiniteOutput, RowSpec, SampleRequest, SampleResult
 
 JSON_TYPES = ("application/json", "application/merge-patch+json")
 
@@ -185,7 +185,9 @@ def _negotiate(request: Request, count: int) -> bool:
     return png
 
 
-class RequestFailedWith(RequestFailed):
+class RequestFailedWith(Exception):
+    """An HTTP-level refusal with its status and short error name (the worker's failures are ``JobError``)."""
+
     def __init__(self, status: int, error: str, message: str) -> None:
         super().__init__(message)
         self.status, self.error = status, error
@@ -225,7 +227,7 @@ async def _await(request: Request, worker, fut, request_id: str | None):
             worker.cancel(request_id, "client_disconnect")
             try:
                 await asyncio.wait_for(afut, timeout=30)
-            except (RequestFailed, asyncio.TimeoutError):
+            except (JobError, asyncio.TimeoutError):
                 pass  # expected: the cancelled job ends failed (or late); the client is gone either way
             raise Cancelled("client disconnected")
 
@@ -235,22 +237,21 @@ def _finite_or_raise(array: np.ndarray) -> None:
         raise NonFiniteOutput("non-finite output: the encoder produced NaN/inf")
 
 
-async def _images_response(request: Request, job: SampleJob, *, png: bool, seed: int | None,
-                           params: dict, class_ids: list[int] | None = None) -> Response:
-    now = time.monotonic()
-    started = job.started_at or now
-    timings = {"queue_s": round(started - job.submitted_at, 6), "sampling_s": round(now - started - job.decode_s, 6),
-               "decode_s": round(job.decode_s, 6), "total_s": round(now - job.submitted_at, 6)}
-    pngs = await run_in_threadpool(lambda: [encode_png(job.images[i]) for i in range(len(job.rows))])
+async def _images_response(request: Request, endpoint: str, rows: list[RowSpec], steps: int, result: SampleResult,
+                           *, png: bool, seed: int | None, params: dict) -> Response:
+    timings = {"queue_s": round(result.queue_s, 6), "sampling_s": round(result.sampling_s, 6),
+               "decode_s": round(result.decode_s, 6),
+               "total_s": round(result.queue_s + result.sampling_s + result.decode_s, 6)}
+    pngs = await run_in_threadpool(lambda: [encode_png(image) for image in result.images])
     _, _, metrics = _state(request)
-    metrics.images_total.labels(endpoint=job.endpoint).inc(len(pngs))
+    metrics.images_total.labels(endpoint=endpoint).inc(len(pngs))
     if png:
-        headers = {"X-Seed": str(seed), "X-Steps": str(job.steps), "X-NFE": str(job.nfe),
+        headers = {"X-Seed": str(seed), "X-Steps": str(steps), "X-NFE": str(result.nfe),
                    "X-Timings": json.dumps(timings)}
         return Response(pngs[0], media_type="image/png", headers=headers)
     images = [{"png_base64": base64.b64encode(p).decode(), "seed": seed, "index": i,
-               "class_id": job.rows[i].label, "t": job.rows[i].ratio} for i, p in enumerate(pngs)]
-    body = ImagesResponse(request_id=_rid(request), images=images, seed=seed, steps=job.steps, nfe=job.nfe,
+               "class_id": rows[i].label, "t": rows[i].ratio} for i, p in enumerate(pngs)]
+    body = ImagesResponse(request_id=_rid(request), images=images, seed=seed, steps=steps, nfe=result.nfe,
                           timings=timings, params=params)
     return JSONResponse(body.model_dump())
 
@@ -403,9 +404,10 @@ async def generate(req: GenerateRequest, request: Request):
     seed = req.seed if req.seed is not None else secrets.randbits(63)
     rid = _rid(request)
     rows = [RowSpec(label=c, seed=seed, index=i) for i, c in enumerate(class_ids)]
-    job = SampleJob(rid, "/generate", rows, req.steps, req.timestep_shift, _guidance(req), _solver(req))
-    job = await _await(request, worker, worker.submit(job), rid)
-    return await _images_response(request, job, png=png, seed=seed, params=req.model_dump(mode="json"))
+    job = SampleRequest(rid, "generate", tuple(rows), req.steps, req.timestep_shift, _guidance(req), _solver(req))
+    result = await _await(request, worker, worker.submit(job), rid)
+    return await _images_response(request, "/generate", rows, req.steps, result, png=png, seed=seed,
+                                  params=req.model_dump(mode="json"))
 
 
 @router.post("/interpolate", response_model=ImagesResponse, summary="Images between the noises of two seeds",
@@ -422,15 +424,14 @@ async def interpolate(req: InterpolateRequest, request: Request):
     png = _negotiate(request, len(ratios))
     shape = (m.tokens, m.channels)
 
-    def noise_fn(r: float):
-        return lambda: interpolate_noise(initial_noise(req.seed_a, 0, shape), initial_noise(req.seed_b, 0, shape),
-                                         r, req.mode.value)
-
+    z_a, z_b = initial_noise(req.seed_a, 0, shape), initial_noise(req.seed_b, 0, shape)
     rid = _rid(request)
-    rows = [RowSpec(label=req.class_id, seed=req.seed_a, index=0, noise_fn=noise_fn(r), ratio=r) for r in ratios]
-    job = SampleJob(rid, "/interpolate", rows, req.steps, req.timestep_shift, _guidance(req), _solver(req))
-    job = await _await(request, worker, worker.submit(job), rid)
-    return await _images_response(request, job, png=png, seed=req.seed_a, params=req.model_dump(mode="json"))
+    rows = [RowSpec(label=req.class_id, seed=req.seed_a, index=0, ratio=r,
+                    noise=interpolate_noise(z_a, z_b, r, req.mode.value)) for r in ratios]
+    job = SampleRequest(rid, "interpolate", tuple(rows), req.steps, req.timestep_shift, _guidance(req), _solver(req))
+    result = await _await(request, worker, worker.submit(job), rid)
+    return await _images_response(request, "/interpolate", rows, req.steps, result, png=png, seed=req.seed_a,
+                                  params=req.model_dump(mode="json"))
 
 
 def _upload_doc(json_model: type[BaseModel], fields: dict[str, dict]) -> dict:
@@ -504,9 +505,9 @@ async def reconstruct(request: Request):
         return images_to_uint8(images)[0]
 
     image = await _await(request, worker, worker.run_device(run), None)
-    job = SampleJob(_rid(request), "/reconstruct", [RowSpec(label=-1, seed=0, index=0)], 0, 0.0, None, None)
-    job.images[0], job.submitted_at, job.started_at = image, t0, t0
-    return await _images_response(request, job, png=png, seed=None, params={})
+    result = SampleResult([image], nfe=0, queue_s=0.0, sampling_s=0.0, decode_s=time.monotonic() - t0)
+    return await _images_response(request, "/reconstruct", [RowSpec(label=-1, seed=0, index=0)], 0, result,
+                                  png=png, seed=None, params={})
 
 
 @router.post("/edit", summary="Regenerate a masked region (or its outside) toward a class", response_model=ImagesResponse,
@@ -551,8 +552,9 @@ async def edit(request: Request):
         lambda mm: mm.to_tokens(mm.encode_images(rgb[None]))[0].cpu()), None)  # (T, C)
     seed = params.seed if params.seed is not None else secrets.randbits(63)
     rid = _rid(request)
-    job = SampleJob(rid, "/edit", [RowSpec(label=params.class_id, seed=seed, index=0, edit=(reference, editable))],
-                    params.steps, params.timestep_shift, _guidance(params), _solver(params), strength=params.strength)
+    rows = [RowSpec(label=params.class_id, seed=seed, index=0, edit=(reference, editable))]
+    job = SampleRequest(rid, "edit", tuple(rows), params.steps, params.timestep_shift, _guidance(params),
+                        _solver(params), strength=params.strength)
     dump = params.model_dump(mode="json", exclude={"image", "mask"})
     if params.strength == 0.0:  # nothing to run: the reconstruction of the input (B15)
         def run(mm):
@@ -560,11 +562,12 @@ async def edit(request: Request):
 
             return images_to_uint8(mm.decode_tokens(reference.to(mm.device)[None]))[0]
 
-        job.images[0] = await _await(request, worker, worker.run_device(run), None)
-        job.started_at = time.monotonic()
-        return await _images_response(request, job, png=png, seed=seed, params=dump)
-    job = await _await(request, worker, worker.submit(job), rid)
-    return await _images_response(request, job, png=png, seed=seed, params=dump)
+        t0 = time.monotonic()
+        image = await _await(request, worker, worker.run_device(run), None)
+        result = SampleResult([image], nfe=0, queue_s=0.0, sampling_s=0.0, decode_s=time.monotonic() - t0)
+    else:
+        result = await _await(request, worker, worker.submit(job), rid)
+    return await _images_response(request, "/edit", rows, params.steps, result, png=png, seed=seed, params=dump)
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -1,22 +1,21 @@
-"""The device worker: one thread that owns the model and runs the step-level batching loop.
+"""The device worker: one thread that owns the model, the slot batch and the step loop.
 
-Lifecycle: :meth:`Worker.start` spawns the thread, which loads the model (``/health`` answers meanwhile), warms it
-up, sets ``ready`` and then loops:
+Lifecycle: :meth:`Worker.start` spawns the thread, which loads the model (``/health`` answers meanwhile), builds the
+:class:`svg.slots.SlotBatch` (``max_rows`` slots) and the engine's stepper, warms up every row bucket, sets
+``ready`` and then loops (:meth:`Worker._iteration`):
 
 1. run queued device tasks (``/encode``, ``/reconstruct``, edit preparation) between steps;
-2. ask :class:`server.scheduler.Scheduler` for the next step's rows; resolve dropped (cancelled / past deadline)
-   requests; create the :class:`svg.sampling.Trajectory` of each newly admitted row from its own seed;
-3. call :func:`svg.sampling.step_batch` ONCE on all running trajectories through the SiT engine;
-4. retire finished rows, decode them in separate batches of at most ``decode_batch`` through the decoder engine,
-   check every row for NaN/inf (a non-finite row fails its request with 500 ``non-finite output``, never a garbage
-   PNG), and resolve each request's future when all its images are in.
+2. ``plan = scheduler.plan()``: resolve dropped requests (cancelled, past deadline) and retire their slots; admit
+   each newly planned row into its slot (start noise from its own seed, its schedule of evaluations);
+3. ``stepper(layout)``: ONE compiled-or-eager step (forward, guidance, update, edit re-impose) over the planned
+   slots and their unconditional twins;
+4. retire the rows that are done, decode them in batches of at most ``decode_batch`` (a non-finite row fails its
+   request, never a garbage PNG), resolve complete requests, and report ``scheduler.update(finished, failed)``.
 
-Determinism: a row's noise comes only from ``(seed, index)`` (``svg.sampling.initial_noise``) and its trajectory
-carries its own grid, class and guidance, so its result never depends on its batch mates (cases B10, B33, B40) —
-up to the model's own batch-size dependence, which is zero on CPU float32 in our tests.
-
-The HTTP side never touches torch state: it calls :meth:`submit`, :meth:`cancel` and :meth:`run_device`, which
-only enqueue work and return ``concurrent.futures.Future`` objects that the event loop awaits.
+The scheduler owns the request lifecycle; the worker holds only device state and the futures. Determinism: a
+row's noise comes only from ``(seed, index)`` and the step is batch-invariant (svg/slots.py), so its bytes never
+depend on its batch mates or its slot (cases B10, B33, B40). The HTTP side never touches torch state: it calls
+:meth:`submit`, :meth:`cancel` and :meth:`run_device`, which only enqueue work and return futures.
 """
 
 from __future__ import annotations
@@ -33,112 +32,30 @@ import numpy as np
 import torch
 
 from server.config import ServerConfig
+from server.jobs import (Cancelled, DeadlineExceeded, JobError, NonFiniteOutput, NotReady, OutOfMemory,
+                         ProgressEvent, SampleRequest, SampleResult, WorkerError)
 from server.metrics import ServerMetrics
 from server.model import LoadedModel, images_to_uint8, load_model
-from server.scheduler import DropReason, Scheduler
+from server.scheduler import DropReason, RowKey, Scheduler
 
 log = logging.getLogger("svg.server")
 
 
-class FixedRows:
-    """Calls ``fn`` with its row dimension padded to exactly ``rows`` (repeating row 0) and slices the result.
+@dataclass(eq=False)
+class _Live:
+    """A request the worker has futures and images for (its lifecycle state lives in the scheduler)."""
 
-    CPU (and GPU) GEMMs pick their blocking and reduction order from the shape, so the same row can differ in the
-    last bit between a 1-row and a 3-row call. With one fixed shape every row's result depends only on its own
-    inputs: this is what makes batched and solo outputs bit-identical (cases B10, B33, B40).
-    """
-
-    def __init__(self, fn: Callable[..., torch.Tensor], rows: int) -> None:
-        self.fn, self.rows = fn, rows
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        n = args[0].shape[0]
-        if n > self.rows:
-            raise ValueError(f"rows={n} exceeds the fixed row count {self.rows}")
-        if n == self.rows:
-            return self.fn(*args)
-        padded = [torch.cat([a, a[:1].expand(self.rows - n, *a.shape[1:])]) for a in args]
-        return self.fn(*padded)[:n]
-
-
-class RequestFailed(Exception):
-    """A request ended without images. ``status`` is the HTTP code, ``error`` a short machine-readable name."""
-
-    status = 500
-    error = "internal_error"
-
-
-class Cancelled(RequestFailed):
-    status, error = 499, "cancelled"
-
-
-class DeadlineExceeded(RequestFailed):
-    status, error = 504, "deadline_exceeded"
-
-
-class NonFiniteOutput(RequestFailed):
-    status, error = 500, "non-finite output"
-
-
-class NotReady(RequestFailed):
-    status, error = 503, "not_ready"
-
-
-class OutOfMemory(RequestFailed):
-    """The device ran out of memory during a step: the running requests fail fast (no hang), memory is released."""
-
-    status, error = 503, "out_of_memory"
-
-
-@dataclass
-class RowSpec:
-    """How to start one image's trajectory.
-
-    Attributes:
-        label: class id. seed/index: noise comes from ``initial_noise(seed, index, (T, C))``.
-        noise_fn: optional override returning the ``(T, C)`` float32 start noise (interpolation).
-        edit: optional ``(reference (T, C), editable (T, 1))`` normalised tokens for SDEdit-style editing.
-        ratio: the interpolation ratio, reported back with the image.
-    """
-
-    label: int
-    seed: int
-    index: int
-    noise_fn: Callable[[], torch.Tensor] | None = None
-    edit: tuple[torch.Tensor, torch.Tensor] | None = None
-    ratio: float | None = None
-
-
-@dataclass
-class SampleJob:
-    """One sampling request (generate, edit or interpolate) as the worker tracks it."""
-
-    request_id: str
-    endpoint: str
-    rows: list[RowSpec]
-    steps: int
-    shift: float
-    guidance: object  # svg.sampling.Guidance
-    solver: object  # svg.sampling.Solver
-    strength: float = 1.0  # SDEdit strength (edit rows only)
+    request: SampleRequest
+    nfe: int  # forward rows per image: the sum of its exact per-evaluation costs
+    stages: int  # evaluations per step (Heun 2)
+    start: int  # first step on the grid (SDEdit)
     future: Future = field(default_factory=Future)
-    images: dict[int, np.ndarray] = field(default_factory=dict)
-    nfe: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    images: dict[int, np.ndarray] = field(default_factory=dict)
+    evals_done: dict[int, int] = field(default_factory=dict)  # row -> evaluations done
     decode_s: float = 0.0
     cancel_reason: str = "client_disconnect"
-    failed: bool = False
-
-    @property
-    def guided(self) -> bool:
-        from svg.sampling import GuidanceMode
-
-        return self.guidance.mode is not GuidanceMode.NONE and self.guidance.scale != 1.0
-
-    def costs(self) -> list[int]:
-        """Row costs for the scheduler: 2 for guided rows (unconditional twin), else 1."""
-        return [2 if self.guided else 1] * len(self.rows)
 
 
 class Worker:
@@ -146,7 +63,7 @@ class Worker:
 
     Args:
         cfg: the server configuration. metrics: where to record. model_loader: ``cfg -> LoadedModel`` (tests may
-        pass a loader for another checkpoint; the default reads ``cfg``). clock: monotonic clock for deadlines.
+        pass a loader for another checkpoint; the default reads ``cfg``).
     """
 
     def __init__(self, cfg: ServerConfig, metrics: ServerMetrics,
@@ -159,9 +76,8 @@ class Worker:
         self.model: LoadedModel | None = None
         self.ready = threading.Event()
         self.load_error: str | None = None
-        self._jobs: dict[str, SampleJob] = {}
-        self._trajectories: dict[tuple[str, int], object] = {}
-        self._decode_queue: deque[tuple[str, int]] = deque()
+        self._live: dict[str, _Live] = {}
+        self._slot_of: dict[RowKey, int] = {}  # rows admitted to the slot batch
         self._tasks: deque[tuple[Callable[[LoadedModel], object], Future]] = deque()
         self._wake = threading.Condition()
         self._stop = False
@@ -173,32 +89,46 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loop; unfinished requests fail with 503."""
+        """Stop the loop; unfinished requests fail with :class:`NotReady`."""
         with self._wake:
             self._stop = True
             self._wake.notify_all()
         self._thread.join(timeout)
 
-    def submit(self, job: SampleJob) -> Future:
-        """Queue a sampling job. Raises ``scheduler.QueueFull`` at once when the queue is full, NotReady before load."""
+    def submit(self, request: SampleRequest) -> Future:
+        """Queue a sampling request; the future resolves to a :class:`SampleResult` or fails with a ``JobError``.
+
+        Raises:
+            NotReady: before the model is loaded. scheduler.QueueFull: at once, when the queue is full.
+        """
         if not self.ready.is_set():
             raise NotReady("model is not loaded yet")
+        from svg.editing import sdedit_start
+        from svg.sampling import Solver, evaluation_costs, schedule, time_grid
+
+        start = sdedit_start(request.steps, request.strength) if request.kind == "edit" else 0
+        costs = evaluation_costs(schedule(time_grid(request.steps, request.shift), request.guidance, request.solver,
+                                          start=start))
+        live = _Live(request, sum(costs), 2 if Solver(request.solver) is Solver.HEUN else 1, start)
         with self._wake:
-            self._jobs[job.request_id] = job
+            if request.request_id in self._live:
+                raise ValueError(f"request_id={request.request_id!r} is already live")
+            self._live[request.request_id] = live
             try:
-                self.scheduler.submit(job.request_id, job.costs(), time.monotonic() + self.cfg.request_timeout_s)
+                self.scheduler.submit(request.request_id, [costs] * len(request.rows),
+                                      time.monotonic() + self.cfg.request_timeout_s)
             except Exception:
-                del self._jobs[job.request_id]
+                del self._live[request.request_id]
                 raise
             self._wake.notify_all()
         self._update_gauges()
-        return job.future
+        return live.future
 
     def cancel(self, request_id: str, reason: str = "client_disconnect") -> bool:
-        """Cancel a queued or running job at the next step boundary; ``reason`` labels the cancellation metric."""
-        job = self._jobs.get(request_id)
-        if job is not None:
-            job.cancel_reason = reason
+        """Cancel a queued or running request at the next step boundary; ``reason`` labels the metric."""
+        live = self._live.get(request_id)
+        if live is not None:
+            live.cancel_reason = reason
         ok = self.scheduler.cancel(request_id, DropReason.CANCELLED)
         with self._wake:
             self._wake.notify_all()
@@ -218,14 +148,13 @@ class Worker:
     def _main(self) -> None:
         try:
             torch.set_grad_enabled(False)
-            self.model = self.model_loader(self.cfg)
-            self._sit = self.model.sit_engine
-            if self.cfg.batch_invariant:
-                self._sit = FixedRows(self.model.sit_engine, self.cfg.max_rows)
-                decoder = self.model.decoder_engine
-                self.model.decoder_engine = FixedRows(decoder, self.cfg.decode_batch)
-                self.model.decoder_engine.name = getattr(decoder, "name", "eager")
-            self.metrics.flops_per_row = self.model.flops_per_row
+            self.model = m = self.model_loader(self.cfg)
+            from svg.slots import SlotBatch
+
+            self.slots = SlotBatch(self.cfg.max_rows, m.tokens, m.channels, max_evals=2 * self.cfg.max_steps,
+                                   num_classes=m.num_classes, device=m.device)
+            self.stepper = m.sit_engine.stepper(self.slots)
+            self.metrics.flops_per_row = m.flops_per_row
             if self.cfg.warmup:
                 self._warmup()
         except Exception as exc:  # load failure: keep serving /health with the reason, never /ready
@@ -243,139 +172,148 @@ class Worker:
                 self._iteration()
             except torch.cuda.OutOfMemoryError:  # case B26: fail the running requests fast, free the cache
                 log.exception("device out of memory")
-                self._fail_running(OutOfMemory("device out of memory; retry with fewer images or steps"))
+                self._fail_all(OutOfMemory("device out of memory; retry with fewer images or steps"))
                 torch.cuda.empty_cache()
             except Exception:  # a bug in one step must not kill the device thread: fail its requests, go on
                 log.exception("worker step failed")
-                self._fail_running(RequestFailed("internal error in the device worker"))
+                self._fail_all(WorkerError("internal error in the device worker"))
         self.metrics.ready.set(0)
-        self._fail_running(NotReady("server is shutting down"))
+        self._fail_all(NotReady("server is shutting down"))
 
     def _warmup(self) -> None:
-        """One 1-image, 1-step guided request through the whole path (step_batch + decode)."""
-        from svg.sampling import Guidance, GuidanceMode, Solver, Trajectory, initial_noise, step_batch, time_grid
-
-        m = self.model
-        tr = Trajectory(initial_noise(0, 0, (m.tokens, m.channels)).to(m.device), 0, time_grid(1, 0.15),
-                        Guidance(GuidanceMode.CONSTANT, 4.0), Solver.EULER, num_classes=m.num_classes)
-        step_batch(self._sit, [tr])
-        m.decode_tokens(tr.z[None])
+        """Compile/capture the step at every row bucket the scheduler can form, and decode one latent."""
+        engine = self.model.sit_engine
+        engine.warmup_step(self.stepper, getattr(engine, "buckets", None) or [1, self.cfg.max_rows])
+        self.model.decode_tokens(self.slots.x[:1].clone())
 
     def _iteration(self) -> None:
         self._run_tasks()
         plan = self.scheduler.plan()
         for rid, reason in plan.dropped:
             self._drop(rid, reason)
+        for key in [k for k in self._slot_of if k not in plan.slots]:  # rows of dropped / failed requests
+            self.slots.retire(self._slot_of.pop(key))
         for rid, wait in plan.started:
             self.metrics.queue_wait_seconds.observe(wait)
-            job = self._jobs.get(rid)
-            if job is not None:
-                job.started_at = time.monotonic()
+            live = self._live[rid]
+            live.started_at = time.monotonic()
+            self._emit(live, "started", 0)
         for key in plan.admitted:
-            self._trajectories[key] = self._make_trajectory(self._jobs[key[0]], key[1])
+            self._admit(key, plan.slots[key])
         self._update_gauges()
         if not plan.rows:
             with self._wake:
                 if not self._tasks and not self._stop:
                     self._wake.wait(timeout=plan.wait_s if plan.wait_s is not None else 0.1)
             return
-        from svg.sampling import step_batch
-
-        trajectories = [self._trajectories[k] for k in plan.rows]
-        before = [tr.rows for tr in trajectories]
+        slots = [plan.slots[k] for k in plan.rows]
+        layout = self.slots.layout(slots)  # (4, R): R = plan.cost forward rows
         t0 = time.perf_counter()
-        rows = step_batch(self._sit, trajectories)
-        if rows:
-            self.metrics.observe_step(rows, time.perf_counter() - t0)
-        finished = []
-        for key, tr, b in zip(plan.rows, trajectories, before):
-            self._jobs[key[0]].nfe += tr.rows - b
-            if tr.done:
-                finished.append(key)
-        self.scheduler.finish(finished)
-        self._decode_queue.extend(finished)
-        self._decode_ready()
+        self.stepper(layout)
+        self.metrics.observe_step(layout.shape[1], time.perf_counter() - t0)
+        done = set(self.slots.advance(slots))
+        finished = [k for k in plan.rows if plan.slots[k] in done]
+        self._progress(plan.rows)
+        failed = self._decode(finished)
+        done = self.scheduler.update(finished, failed)  # the lifecycle first, so a resolved future sees it
+        for key in [k for k in self._slot_of if k[0] in failed]:
+            self.slots.retire(self._slot_of.pop(key))
+        for rid in failed:
+            self._finish(self._live[rid], NonFiniteOutput("non-finite output: the model produced NaN/inf"))
+        for rid in done:
+            self._resolve(self._live[rid])
 
-    def _make_trajectory(self, job: SampleJob, index: int):
+    def _admit(self, key: RowKey, slot: int) -> None:
+        """Write the row's start state into its slot (noise from its own seed: batch- and slot-independent)."""
         from svg.editing import edit_trajectory
-        from svg.sampling import Trajectory, initial_noise, time_grid
+        from svg.sampling import RowPlan, initial_noise, time_grid
 
-        m, spec = self.model, job.rows[index]
+        m, live = self.model, self._live[key[0]]
+        req, spec = live.request, live.request.rows[key[1]]
         if spec.edit is not None:
             reference, editable = (x.to(m.device) for x in spec.edit)
-            return edit_trajectory(reference, spec.label, strength=job.strength, steps=job.steps, shift=job.shift,
-                                   guidance=job.guidance, solver=job.solver, seed=spec.seed, index=spec.index,
+            plan = edit_trajectory(reference, spec.label, strength=req.strength, steps=req.steps, shift=req.shift,
+                                   guidance=req.guidance, solver=req.solver, seed=spec.seed, index=spec.index,
                                    editable=editable, num_classes=m.num_classes)
-        shape = (m.tokens, m.channels)
-        noise = spec.noise_fn() if spec.noise_fn is not None else initial_noise(spec.seed, spec.index, shape)
-        return Trajectory(noise.to(m.device), spec.label, time_grid(job.steps, job.shift), job.guidance, job.solver,
-                          num_classes=m.num_classes)
-
-    def _decode_ready(self) -> None:
-        """Decode finished rows in batches of ``decode_batch``; per-row non-finite check; resolve complete jobs."""
-        m = self.model
-        while self._decode_queue:
-            batch = []
-            while self._decode_queue and len(batch) < self.cfg.decode_batch:
-                key = self._decode_queue.popleft()
-                if key[0] in self._jobs and key in self._trajectories:
-                    batch.append(key)
-            if not batch:
-                return
-            tokens = torch.stack([self._trajectories.pop(k).z for k in batch])  # (R, T, C)
-            t0 = time.perf_counter()
-            images = m.decode_tokens(tokens)  # (R, 3, H, W)
-            dt = time.perf_counter() - t0
-            self.metrics.decode_latency_seconds.observe(dt)
-            bad = (~torch.isfinite(tokens.reshape(len(batch), -1)).all(1)) | \
-                  (~torch.isfinite(images.reshape(len(batch), -1)).all(1))
-            pixels = images_to_uint8(torch.nan_to_num(images))
-            for n, key in enumerate(batch):
-                job = self._jobs.get(key[0])
-                if job is None or job.failed:
-                    continue
-                job.decode_s += dt / len(batch)
-                if bool(bad[n]):
-                    self._fail_nonfinite(job)
-                    continue
-                job.images[key[1]] = pixels[n]
-                if len(job.images) == len(job.rows):
-                    self._resolve(job)
-
-    def _fail_nonfinite(self, job: SampleJob) -> None:
-        self.metrics.nonfinite_total.inc()
-        job.failed = True
-        self.scheduler.cancel(job.request_id)
-        self._finish_job(job, NonFiniteOutput("non-finite output: the model produced NaN/inf for this request"))
-
-    def _resolve(self, job: SampleJob) -> None:
-        self._finish_job(job, None)
-
-    def _finish_job(self, job: SampleJob, error: Exception | None) -> None:
-        self._jobs.pop(job.request_id, None)
-        for i in range(len(job.rows)):
-            self._trajectories.pop((job.request_id, i), None)
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
         else:
-            job.future.set_result(job)
+            noise = spec.noise if spec.noise is not None else initial_noise(spec.seed, spec.index,
+                                                                             (m.tokens, m.channels))
+            plan = RowPlan(noise.to(m.device, torch.float32), spec.label, time_grid(req.steps, req.shift),
+                           req.guidance, req.solver, num_classes=m.num_classes)
+        self.slots.admit(slot, plan)
+        self._slot_of[key] = slot
+        live.evals_done[key[1]] = 0
+
+    def _progress(self, rows: list[RowKey]) -> None:
+        """Count one evaluation per row; a "progress" event per request whose slowest row completed a step."""
+        advanced: dict[str, _Live] = {}
+        for rid, index in rows:
+            live = self._live[rid]
+            live.evals_done[index] += 1
+            advanced[rid] = live
+        for live in advanced.values():
+            if len(live.evals_done) == len(live.request.rows):
+                slowest = min(live.evals_done.values())
+                if slowest % live.stages == 0:
+                    self._emit(live, "progress", live.start + slowest // live.stages)
+
+    def _decode(self, finished: list[RowKey]) -> list[str]:
+        """Retire finished rows, decode them in batches of ``decode_batch``; returns requests that failed (NaN/inf)."""
+        failed: list[str] = []
+        for i in range(0, len(finished), self.cfg.decode_batch):
+            batch = finished[i:i + self.cfg.decode_batch]
+            tokens = torch.stack([self.slots.retire(self._slot_of.pop(k)) for k in batch])  # (R, T, C), a copy
+            t0 = time.perf_counter()
+            images = self.model.decode_tokens(tokens)  # (R, 3, H, W)
+            seconds = time.perf_counter() - t0
+            self.metrics.decode_latency_seconds.observe(seconds)
+            bad = (~torch.isfinite(tokens.flatten(1)).all(1)) | (~torch.isfinite(images.flatten(1)).all(1))
+            pixels = images_to_uint8(torch.nan_to_num(images))
+            for n, (rid, index) in enumerate(batch):
+                live = self._live[rid]
+                live.decode_s += seconds / len(batch)
+                if bool(bad[n]) and rid not in failed:
+                    self.metrics.nonfinite_total.inc()
+                    failed.append(rid)
+                live.images[index] = pixels[n]
+        return failed
+
+    def _resolve(self, live: _Live) -> None:
+        now = time.monotonic()
+        started = live.started_at or now
+        req = live.request
+        self._finish(live, SampleResult(images=[live.images[i] for i in range(len(req.rows))], nfe=live.nfe,
+                                        queue_s=started - live.submitted_at,
+                                        sampling_s=max(0.0, now - started - live.decode_s), decode_s=live.decode_s))
+
+    def _finish(self, live: _Live, outcome: SampleResult | JobError) -> None:
+        self._live.pop(live.request.request_id, None)
+        if live.future.done():
+            return
+        if isinstance(outcome, JobError):
+            live.future.set_exception(outcome)
+        else:
+            live.future.set_result(outcome)
 
     def _drop(self, rid: str, reason: DropReason) -> None:
-        job = self._jobs.get(rid)
-        if job is None:
-            return
-        if job.failed:  # already answered (non-finite); the scheduler drop only frees its rows
-            self._finish_job(job, None)
+        live = self._live.get(rid)
+        if live is None:
             return
         if reason is DropReason.DEADLINE:
             self.metrics.cancellations_total.labels(reason="deadline").inc()
-            err: RequestFailed = DeadlineExceeded(f"request_timeout_s={self.cfg.request_timeout_s} exceeded")
+            self._finish(live, DeadlineExceeded(f"request_timeout_s={self.cfg.request_timeout_s} exceeded"))
         else:
-            self.metrics.cancellations_total.labels(reason=job.cancel_reason).inc()
-            err = Cancelled(f"cancelled ({job.cancel_reason})")
-        self._finish_job(job, err)
+            self.metrics.cancellations_total.labels(reason=live.cancel_reason).inc()
+            self._finish(live, Cancelled(f"cancelled ({live.cancel_reason})"))
+
+    def _emit(self, live: _Live, kind: str, step: int) -> None:
+        callback = live.request.on_event
+        if callback is None:
+            return
+        try:
+            callback(ProgressEvent(kind, step, live.request.steps, time.monotonic() - live.submitted_at))
+        except Exception:  # a bad callback must not kill the device loop
+            log.exception("on_event callback of request %s failed", live.request.request_id)
 
     def _run_tasks(self) -> None:
         while True:
@@ -390,13 +328,14 @@ class Worker:
             except Exception as exc:  # handed to the awaiting request, which maps it to an HTTP status
                 fut.set_exception(exc)
 
-    def _fail_running(self, error: Exception) -> None:
-        for job in list(self._jobs.values()):
-            self.scheduler.cancel(job.request_id)
-            self._finish_job(job, error)
-        self.scheduler.plan()  # flush the cancelled requests out of the scheduler
+    def _fail_all(self, error: JobError) -> None:
+        """Fail every live request (the scheduler forgets them, their slots are retired)."""
+        self.scheduler.update(failed=list(self._live))
+        for live in list(self._live.values()):
+            self._finish(live, error)
+        for key in list(self._slot_of):
+            self.slots.retire(self._slot_of.pop(key))
 
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.scheduler.queue_depth())
         self.metrics.inflight_requests.set(self.scheduler.inflight())
-
