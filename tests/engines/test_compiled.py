@@ -63,35 +63,79 @@ def test_outputs_not_overwritten_by_next_call(compiled_sit):
     assert first.data_ptr() != third.data_ptr()
 
 
-def test_no_graph_breaks_in_sit_and_guided_euler_step(tiny_sit):
+def _mixed_plans(x, classes):
+    from svg.sampling import Guidance, GuidanceMode, RowPlan, Solver, time_grid
+
+    # a guided row, an unguided one (no twin), a Heun row with cfg_star and a late-guidance row: every branch
+    return [RowPlan(x[0].clone(), 3, time_grid(4, 0.15), Guidance(GuidanceMode.CONSTANT, 4.0), num_classes=classes),
+            RowPlan(x[1].clone(), 5, time_grid(3, 0.15), Guidance(), num_classes=classes),
+            RowPlan(x[2].clone(), 7, time_grid(2, 0.3), Guidance(GuidanceMode.ZERO_INIT, 2.0), Solver.HEUN,
+                    num_classes=classes),
+            RowPlan(x[0].clone(), 1, time_grid(5, 0.15), Guidance(GuidanceMode.LATE, 3.0), num_classes=classes)]
+
+
+def _run(stepper, slots, plans, order):
+    for slot, plan in zip(order, plans):
+        slots.admit(slot, plan)
+    active = list(order)
+    while active:
+        stepper(slots.layout(active))
+        done = slots.advance(active)
+        active = [s for s in active if s not in done]
+    return [slots.retire(s).clone() for s in order]
+
+
+def test_no_graph_breaks_in_sit_and_the_sampling_step(tiny_sit):
     # fullgraph=True raises on any graph break, so this traces the library's own code: the SiT forward and
-    # svg.sampling.step_batch, the batched guided Euler step the server's worker runs (one forward with the
-    # unconditional twins appended, vectorised CFG, Euler update). backend="eager" only traces; unlike
-    # torch._dynamo.explain it does not reset dynamo, so the shared compiled_sit fixture keeps its graphs.
+    # svg.slots.step, the one sampling step (forward with twins, guidance mix, Euler/Heun update, edit re-impose).
+    # backend="eager" only traces; unlike torch._dynamo.explain it does not reset dynamo, so the shared
+    # compiled_sit fixture keeps its graphs.
     from svg.config import SIT_PRESETS
-    from svg.sampling import Guidance, GuidanceMode, Trajectory, step_batch, time_grid
+    from svg.slots import SlotBatch, step
 
     x, t, y = sit_inputs(3, seed=3)
     sit_graph = torch.compile(tiny_sit, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert torch.equal(sit_graph(x, t, y), tiny_sit(x, t, y))
+    config = SIT_PRESETS["tiny"]
+    results = []
+    for compiled in (False, True):
+        slots = SlotBatch(4, config.num_tokens, config.in_channels, max_evals=8, num_classes=config.num_classes)
+        fn = (torch.compile(lambda layout: step(tiny_sit, slots, layout), fullgraph=True, backend="eager")
+              if compiled else (lambda layout: step(tiny_sit, slots, layout)))
+        with torch.no_grad():
+            results.append(_run(fn, slots, _mixed_plans(x, config.num_classes), [0, 1, 2, 3]))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
 
-    classes, grid = SIT_PRESETS["tiny"].num_classes, time_grid(4, 0.15)
 
-    def trajectories() -> list[Trajectory]:
-        # a guided row, an unguided one (no twin) and a second guided row with another scale: every branch
-        return [Trajectory(x[0].clone(), 3, grid, Guidance(GuidanceMode.CONSTANT, 4.0), num_classes=classes),
-                Trajectory(x[1].clone(), 5, grid, Guidance(GuidanceMode.NONE, 1.0), num_classes=classes),
-                Trajectory(x[2].clone(), 7, grid, Guidance(GuidanceMode.CONSTANT, 2.0), num_classes=classes)]
+def test_compiled_step_one_graph_per_bucket_no_recompile_and_rows_equal_across_buckets(tiny_sit):
+    import copy
 
-    eager, traced = trajectories(), trajectories()
-    step_graph = torch.compile(step_batch, fullgraph=True, backend="eager")
-    for _ in range(2):  # the second call runs the traced graph (or re-traces, again without a break)
-        assert step_graph(tiny_sit, traced) == step_batch(tiny_sit, eager) == 5  # 3 rows + 2 unconditional twins
-    assert [tr.index for tr in traced] == [2, 2, 2]
-    for a, b in zip(traced, eager):
-        assert torch.equal(a.z, b.z)
-        assert (a.nfe, a.rows) == (b.nfe, b.rows)
+    from engines.compiled import CompiledEngine
+    from svg.config import SIT_PRESETS
+    from svg.slots import SlotBatch
+
+    config = SIT_PRESETS["tiny"]
+    engine = CompiledEngine(copy.deepcopy(tiny_sit), device="cpu", buckets=(1, 2, 4, 8)).build()
+    engine.module.cond_rows = 8  # as engines.create does for a batch-invariant SiT
+    slots = SlotBatch(8, config.num_tokens, config.in_channels, max_evals=10, num_classes=config.num_classes)
+    stepper = engine.stepper(slots)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    engine.warmup_step(stepper, [1, 2, 4, 8])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 4  # one graph per bucket
+    x = sit_inputs(3, seed=4)[0]
+    plans = _mixed_plans(x, config.num_classes)
+    stats = dict(torch._dynamo.utils.counters["stats"])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        together = _run(stepper, slots, plans, [5, 0, 7, 2])  # 4..6 forward rows: buckets 4 and 8
+        alone = [_run(stepper, slots, [plan], [slot])[0] for plan, slot in zip(plans, [1, 3, 4, 6])]  # 1..2 rows
+    assert dict(torch._dynamo.utils.counters["stats"]) == stats  # served without compiling anything
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))  # compiled buckets are batch-invariant too
+    eager = EagerEngine(copy.deepcopy(tiny_sit), device="cpu")
+    eager_slots = SlotBatch(8, config.num_tokens, config.in_channels, max_evals=10, num_classes=config.num_classes)
+    reference = _run(eager.stepper(eager_slots), eager_slots, plans, [0, 1, 2, 3])
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(together, reference))
+    assert slots.occupied() == []
 
 
 def test_cuda_graphs_need_cuda(tiny_sit):
