@@ -146,22 +146,24 @@ def step(model: Model, slots: SlotBatch, layout: torch.Tensor) -> None:
         layout: (4, R) int64 on the slots' device: slot, evaluation index, twin row (−1: none), conditional flag.
     """
     sel, pos, twin, cond = layout.unbind(0)  # (R,) each
-    t, label, mult, w, dt, stage, t_after, keep_exp, reimpose = slots.table[sel, pos].unbind(1)  # (R,) each
-    x = slots.x[sel]  # (R, T, C)
+    # index_select rather than advanced indexing: the same gather, without the generic indexing kernel's cost
+    coef = slots.table.flatten(0, 1).index_select(0, sel * slots.max_evals + pos)  # (R, 9)
+    t, label, mult, w, dt, stage, t_after, keep_exp, reimpose = coef.unbind(1)  # (R,) each
+    x = slots.x.index_select(0, sel)  # (R, T, C)
     y = torch.where(cond.bool(), label.long(), slots.num_classes)
     v = model(x, t, y)[..., : x.shape[-1]].float() * mult[:, None, None]  # (R, T, C)
     rows = torch.arange(sel.shape[0], device=sel.device)
     guided = (twin >= 0)[:, None, None]
-    v_u = v[torch.where(twin >= 0, twin, rows)]  # the twin's velocity (its own where there is none)
+    v_u = v.index_select(0, torch.where(twin >= 0, twin, rows))  # the twin's velocity (its own where none)
     v = torch.where(guided, v_u + w[:, None, None] * (v - v_u), v)
     dt, stage = dt[:, None, None], stage[:, None, None]
     predict = stage == float(Stage.PREDICT)
-    x_start = torch.where(predict, x, slots.x_start[sel])  # Heun: z_i and v_i of the step in progress
-    v_prev = torch.where(predict, v, slots.v_prev[sel])
+    x_start = torch.where(predict, x, slots.x_start.index_select(0, sel))  # Heun: z_i, v_i of the current step
+    v_prev = torch.where(predict, v, slots.v_prev.index_select(0, sel))
     moved = torch.where(stage == float(Stage.CORRECT), x_start + (0.5 * dt) * (v_prev + v), x + dt * v)
     t_after = t_after[:, None, None]
-    on_path = (1.0 - t_after) * slots.noise[sel] + t_after * slots.reference[sel]  # reference noised to t
-    keep = (1.0 - slots.editable[sel]).pow(keep_exp[:, None, None]) * reimpose[:, None, None]  # (R, T, 1)
+    on_path = (1.0 - t_after) * slots.noise.index_select(0, sel) + t_after * slots.reference.index_select(0, sel)
+    keep = (1.0 - slots.editable.index_select(0, sel)).pow(keep_exp[:, None, None]) * reimpose[:, None, None]
     moved = torch.lerp(moved, on_path, keep)
     dest = torch.where(cond.bool(), sel, slots.scratch)  # twins and padding write to scratch
     slots.x.index_copy_(0, dest, moved)
