@@ -147,6 +147,13 @@ def create(
         engine = TensorRTEngine(module, role=role, device=device, dtype=dtype, max_rows=max_rows,
                                 cache_dir=cache_dir, preset=preset,
                                 latent_shape=_latent_shape(module, latent_shape) if role == "decoder" else None)
+    if role == "sit" and device.type == "cuda" and hasattr(module, "config"):
+        # Kernel choice is made once, here: attention "auto" uses the Triton kernel only after it agrees with
+        # SDPA on this GPU for this model's shapes (case B05). SVGPipeline.to() no longer does this.
+        from svg.attention import validate_triton_attention
+
+        c = module.config
+        validate_triton_attention(device, c.num_heads, c.hidden_size // c.num_heads, c.num_tokens)
     if batch_invariant and kind is not EngineKind.TENSORRT:
         if role == "sit":
             engine.module.cond_rows = engine.max_rows

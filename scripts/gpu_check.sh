@@ -4,7 +4,11 @@
 #   2. the kernel benchmark (python -m kernels.bench) at SVG-XL shapes;
 #   3. end-to-end SVG-XL sampling with random weights, bf16, 25 Euler steps with guidance, batch 1/16/64,
 #      SDPA vs Triton, reporting images/s and MFU (scripts/bench_sampling.py);
-#   4. hook: `python -m engines.bench --gpu --out DIR/engines.csv` when that module exists (the engines ladder),
+#   4. the served step (issue 10): SVG-XL bf16 through engines.create("compile") + engine.stepper(SlotBatch), CUDA
+#      graphs: batch-1 p50 per image (25 guided steps; goal <= 100 ms), images/s and MFU at 64 images (goals >= 42
+#      images/s, >= 50 % MFU), and whether a row is bit-identical alone and in the full batch
+#      (scripts/bench_compiled_step.py -> compiled_step.csv);
+#   5. hook: `python -m engines.bench --gpu --out DIR/engines.csv` when that module exists (the engines ladder),
 #      with whatever is left of the 8-minute budget.
 # Every result is CSV under benchmarks/gpu/<UTC date>_<gpu name>/ (summary.csv lists each step's status and time).
 # Imports nothing from server/. Budget: <= 8 minutes on an H200; each step has its own timeout (override below).
@@ -18,10 +22,11 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 
-# Caps, not estimates: they add up to 8 minutes. Kernel tests are mostly Triton compile time on a fresh machine.
+# Caps, not estimates: about 9.5 minutes in all (the engines hook gets what is left of BUDGET, at least 30 s). Kernel tests are mostly Triton compile time on a fresh machine.
 T_TESTS="${GPU_CHECK_TESTS_TIMEOUT:-200}"
 T_KBENCH="${GPU_CHECK_KERNEL_BENCH_TIMEOUT:-90}"
 T_SAMPLING="${GPU_CHECK_SAMPLING_TIMEOUT:-130}"
+T_STEP="${GPU_CHECK_STEP_TIMEOUT:-150}"
 BUDGET="${GPU_CHECK_BUDGET:-480}"   # seconds for the whole script
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -64,6 +69,9 @@ step kernel_bench "$T_KBENCH" "kernels.csv" "$PY" -m kernels.bench --out "$OUT/k
 step sampling "$T_SAMPLING" "sampling.csv" \
   "$PY" scripts/bench_sampling.py --preset SVG-XL --batches 1 16 64 --steps 25 --cfg 6.0 --dtype bfloat16 \
   --backends sdpa triton --out "$OUT/sampling.csv"
+step compiled_step "$T_STEP" "compiled_step.csv" \
+  "$PY" scripts/bench_compiled_step.py --preset SVG-XL --dtype bfloat16 --images 64 --steps 25 --cfg 4.0 \
+  --out "$OUT/compiled_step.csv"
 
 # Hook for the engines ladder (eager / compile / CUDA graphs / TensorRT), given the rest of the budget.
 if "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('engines.bench') else 1)" 2>/dev/null

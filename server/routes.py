@@ -34,7 +34,7 @@ from server.schemas import (
     ImagesResponse, InterpolateRequest, LimitError, ModelsResponse, ReconstructJSON, ReconstructParams, check_limits,
     class_allowed, validation_detail,
 )
-from server.jobs import Cancelled, JobError, NonFiniteOutput, RowSpec, SampleRequest, SampleResult
+from server.jobs import Cancelled, JobError, NonFiniteOutput, NotReady, RowSpec, SampleRequest, SampleResult
 
 JSON_TYPES = ("application/json", "application/merge-patch+json")
 

@@ -67,6 +67,7 @@ class CaseResult:
     comparisons: list[Comparison] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    saved_forwards: int = 0  # reference forwards whose result is discarded and that our sampler does not run
     error: Optional[str] = None
 
     @property
@@ -90,6 +91,8 @@ class CaseResult:
             parts.append(f"unchecked outputs: {self.unchecked}")
         if self.skipped:
             parts.append(f"skipped optional: {self.skipped}")
+        if self.saved_forwards:
+            parts.append(f"saved {self.saved_forwards} discarded reference forwards")
         return f"{head}: " + "; ".join(parts)
 
 
@@ -303,21 +306,43 @@ def _sampler_case(ctx: _Context, name: str, entry: dict, check: _Checker) -> Non
         check(f"{run}.final", res.latents, data[f"{run}.final"])
         check(f"{run}.t_seq", res.t_grid, data[f"{run}.t_seq"])
         check(f"{run}.dt", res.t_grid[1:] - res.t_grid[:-1], data[f"{run}.dt"])
-        _compare_calls(check, run, recorder.calls, data, guidance, res.t_grid)
+        check.result.saved_forwards += _compare_calls(check, run, recorder.calls, data, guidance, res.t_grid,
+                                                      spec["mode"])
     check.finish(optional)
 
 
-def _compare_calls(check: _Checker, run: str, calls: list, data: dict, guidance: Any, grid: torch.Tensor) -> None:
-    """Compare the evaluation sequence. The reference also runs the conditional forward on zero-init steps and
-    discards it (v = −r·v_u); we skip that forward, so those reference entries are dropped before comparing."""
+def _compare_calls(check: _Checker, run: str, calls: list, data: dict, guidance: Any, grid: torch.Tensor,
+                   solver: str) -> int:
+    """Compare the evaluations that affect the output; returns how many reference forwards were saved.
+
+    The reference computes, and then discards, the conditional forward of zero-init steps (v = −r·v_u) and the
+    unconditional forward wherever the effective scale is 1 (e.g. the early steps of ``late`` guidance). Our
+    schedule (``svg.sampling.schedule``) skips exactly those: each reference call our schedule marks as skipped is
+    removed once and counted as a saving. Every other difference in the call trace stays a failure.
+    """
+    from svg.sampling import schedule
+
     ref_t, ref_u = data[f"{run}.call_t"].tolist(), data[f"{run}.call_uncond"].tolist()
-    k = guidance.zero_init_steps if guidance.mode.value == "zero_init" else 0
-    skipped_t = set(grid[:k].tolist())
-    ref = [(t, u) for t, u in zip(ref_t, ref_u) if not (u == 0 and t in skipped_t)]
+    saved: list[tuple[float, int]] = []
+    if guidance.mode.value != "none":
+        for e in schedule(grid, guidance, solver, label=0, num_classes=1):  # label 1 = null: zero-init only
+            if e.label == 1:  # zero-init: the reference's conditional call is discarded
+                saved.append((e.t, 0))
+            elif not e.twin:  # scale 1 here: the reference's unconditional call is discarded
+                saved.append((e.t, 1))
+    ref = []
+    for call in zip(ref_t, ref_u):
+        if call in saved:
+            saved.remove(call)
+        else:
+            ref.append(call)
+    saved_count = len(ref_t) - len(ref)
     got_t = torch.tensor([c[0] for c in calls], dtype=torch.float32)
     got_u = torch.tensor([c[1] for c in calls], dtype=torch.int64)
     check(f"{run}.call_t", got_t, torch.tensor([r[0] for r in ref], dtype=torch.float32))
     check(f"{run}.call_uncond", got_u, torch.tensor([r[1] for r in ref], dtype=torch.int64))
+    return saved_count
+
 
 
 def _flow_case(ctx: _Context, name: str, entry: dict, check: _Checker) -> None:

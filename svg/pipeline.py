@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from svg.attention import validate_triton_attention
 
 from svg.autoencoder import SVGAutoencoder
 from svg.checkpoint import (
@@ -76,14 +75,11 @@ class SVGPipeline:
         return self.autoencoder.config.latent_size
 
     def to(self, device: torch.device | str | None = None, dtype: Optional[torch.dtype] = None) -> "SVGPipeline":
-        """Move all parts (in place) and return self. Latent statistics stay float32."""
+        """Move all parts (in place) and return self; nothing else (kernel choice belongs to the engine that is
+        built around the SiT, see ``engines.create``). Latent statistics stay float32."""
         self.sit.to(device=device, dtype=dtype)
         self.autoencoder.to(device=device, dtype=dtype)
         self.latent_norm.to(device=device)
-        if device is not None and torch.device(device).type == "cuda":
-            # Let attention "auto" pick the Triton kernel only after it agrees with SDPA on this GPU (case B05).
-            c = self.sit.config
-            validate_triton_attention(device, c.num_heads, c.hidden_size // c.num_heads, c.input_size ** 2)
         return self
 
     def encode_tokens(self, images: torch.Tensor, align: str | AlignMode = AlignMode.PER_IMAGE) -> torch.Tensor:

@@ -77,7 +77,7 @@ def test_openapi_lists_every_endpoint_with_examples(client):
 def test_generate_json_metadata_and_png(client):
     body = gen(client, class_id=207 % 1000, num_images=2, steps=3, cfg=4.0, seed=11)
     assert body["seed"] == 11 and body["steps"] == 3 and len(body["images"]) == 2
-    assert body["nfe"] == 2 * 3 * 2  # 2 images x 3 steps x (cond + uncond)
+    assert body["nfe"] == 3 * 2  # per image (server/jobs.py): 3 steps x (cond + uncond)
     assert [im["index"] for im in body["images"]] == [0, 1]
     assert set(body["timings"]) == {"queue_s", "sampling_s", "decode_s", "total_s"}
     img = Image.open(io.BytesIO(first_png(body)))

@@ -102,3 +102,26 @@ def test_runner_builds_models_from_the_manifest_config(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     results = parity.run_directory(tmp_path)
     assert [r.passed for r in results] == [True, True], [r.line() for r in results]
+
+
+def test_call_trace_counts_discarded_reference_forwards_as_saved_not_failed():
+    # late guidance (4 steps): the reference runs the unconditional forward at every step and discards it in the
+    # first half (scale 1); our sampler skips those two forwards. A trace differing any other way still fails.
+    import torch
+
+    from svg.parity import _compare_calls
+    from svg.sampling import Guidance, GuidanceMode, time_grid
+
+    grid, guidance = time_grid(4, 1.0), Guidance(GuidanceMode.LATE, 3.0)
+    ts = grid[:4].tolist()
+    data = {"r.call_t": torch.tensor([t for t in ts for _ in (0, 1)]), "r.call_uncond": torch.tensor([0, 1] * 4)}
+    ours = [(ts[0], 0), (ts[1], 0), (ts[2], 0), (ts[2], 1), (ts[3], 0), (ts[3], 1)]
+    seen = {}
+
+    def check(name, got, expected):
+        seen[name] = got.shape == expected.shape and torch.equal(got.to(expected.dtype), expected)
+
+    assert _compare_calls(check, "r", ours, data, guidance, grid, "euler") == 2
+    assert seen == {"r.call_t": True, "r.call_uncond": True}
+    _compare_calls(check, "r", ours[:-1], data, guidance, grid, "euler")  # a missing forward is not a saving
+    assert seen["r.call_t"] is False
