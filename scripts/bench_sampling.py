@@ -2,7 +2,7 @@
 
 Random weights (no checkpoint needed), SVG-XL preset by default, bf16 through the eager engine's precision policy,
 25 Euler steps with constant classifier-free guidance (w = 6, shift 0.15: the paper's sampling settings,
-svg_reference.md §5) through ``svg.sampling.sample`` -- the same ``step_batch`` loop the server's worker runs.
+svg_reference.md §5) through ``svg.sampling.sample`` -- the same ``svg.slots.step`` the server's worker runs.
 
 MFU = images/s · TFLOP-per-image / peak. 11.86 TFLOP per image is SVG-XL at 25 steps with guidance (50 forward
 rows); 989 TFLOP/s is the H200's dense bf16 peak. The quality column is the max |latent − latent_sdpa| of the
