@@ -154,6 +154,10 @@ def create(
 
         c = module.config
         validate_triton_attention(device, c.num_heads, c.hidden_size // c.num_heads, c.num_tokens)
+    if role == "sit" and hasattr(module, "ops"):
+        from svg.sit import select_ops
+
+        module.ops = select_ops(device)  # fixed for this engine's life: no global is read inside the forward
     if batch_invariant and kind is not EngineKind.TENSORRT:
         if role == "sit":
             engine.module.cond_rows = engine.max_rows

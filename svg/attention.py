@@ -25,8 +25,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttentionBackend", "set_attention_backend", "get_attention_backend", "attention", "NormParams",
-           "resolve_backend", "validate_triton_attention"]
+__all__ = ["AttentionBackend", "set_attention_backend", "get_attention_backend", "attention", "sdpa_attention",
+           "NormParams", "resolve_backend", "validate_triton_attention"]
 
 # (weight (D,), bias (D,), eps) of a LayerNorm over head_dim, shared by all heads.
 NormParams = tuple[torch.Tensor, torch.Tensor, float]
@@ -103,6 +103,13 @@ def _layer_norm(x: torch.Tensor, params: Optional[NormParams]) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: Optional[NormParams] = None,
+                   k_norm: Optional[NormParams] = None) -> torch.Tensor:
+    """The PyTorch reference: ``softmax(LN(q)·LN(k)ᵀ / sqrt(D))·v`` with ``F.scaled_dot_product_attention`` (the
+    reference's call). q, k, v (B, H, N, D) -> (B, H, N, D). Every other backend is checked against this."""
+    return F.scaled_dot_product_attention(_layer_norm(q, q_norm), _layer_norm(k, k_norm), v)
+
+
 _auto_cuda: Optional[AttentionBackend] = None
 
 
@@ -153,7 +160,7 @@ def validate_triton_attention(device: torch.device | str, num_heads: int, head_d
             _log.warning("Triton attention failed its self-check (%s, D=%d): %s; auto uses sdpa", dtype, head_dim, exc)
             ok = False
             break
-        ref = F.scaled_dot_product_attention(_layer_norm(q, norm), _layer_norm(k, norm), v).float()
+        ref = sdpa_attention(q, k, v, norm, norm).float()
         err = (got - ref).abs().max().item()
         if not err <= atol:
             _log.warning("Triton attention disagrees with sdpa by %.3g (> %.3g) for %s, D=%d; auto uses sdpa",
@@ -197,10 +204,9 @@ def attention(
     backend = _resolve(q)
     if backend is AttentionBackend.TRITON:
         return _triton_fn()(q, k, v, q_norm=q_norm, k_norm=k_norm)
-    q = _layer_norm(q, q_norm)
-    k = _layer_norm(k, k_norm)
     if backend is AttentionBackend.XFORMERS:
+        q, k = _layer_norm(q, q_norm), _layer_norm(k, k_norm)
         # xformers wants (B, N, H, D).
         out = _xformers_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v)
+    return sdpa_attention(q, k, v, q_norm, k_norm)

@@ -14,12 +14,14 @@ graphs can capture it.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from svg.attention import AttentionBackend, attention, resolve_backend
+from svg.attention import AttentionBackend, attention, resolve_backend, sdpa_attention
 from svg.config import SiTConfig
 
 __all__ = ["SiT", "sincos_pos_embed_2d", "timestep_embedding"]
@@ -65,10 +67,49 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-def _fused_kernels(x: torch.Tensor) -> bool:
-    """True when the attention switch resolves to Triton for x's device: the blocks then also run LN + modulate
-    and the gated residual as one fused kernel each (kernels.adaln_modulate / kernels.gated_residual)."""
-    return resolve_backend(x) is AttentionBackend.TRITON
+def _adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    # LayerNorm (no affine) then modulate: x (B, T, H); shift/scale (B, H). The reference's norm + modulate.
+    return _modulate(F.layer_norm(x, (x.shape[-1],), eps=eps), shift, scale)
+
+
+def _gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x + gate.unsqueeze(1) * y  # x, y (B, T, H); gate (B, H)
+
+
+@dataclass(frozen=True)
+class SiTOps:
+    """The SiT's swappable ops, chosen once (by the engine, ``select_ops``) and passed down to every block.
+
+    ``attention(q, k, v, q_norm, k_norm)`` as :func:`svg.attention.attention`; ``modulate(x, shift, scale, eps)``
+    = LayerNorm(x, no affine) · (1 + scale) + shift; ``gated_residual(x, gate, y)`` = x + gate · y.
+    """
+
+    name: str
+    attention: Callable
+    modulate: Callable
+    gated_residual: Callable
+
+
+TORCH_OPS = SiTOps("torch", sdpa_attention, _adaln_modulate, _gated_residual)  # the PyTorch reference of each op
+
+
+def triton_ops() -> SiTOps:
+    """The fused Triton kernels (kernels/), each checked against the reference ops above in tests/kernels."""
+    import kernels
+
+    return SiTOps("triton", kernels.flash_attention, kernels.adaln_modulate, kernels.gated_residual)
+
+
+def select_ops(device: torch.device | str) -> SiTOps:
+    """The ops the attention switch (``SVG_ATTENTION`` / ``set_attention_backend``) gives on ``device`` now:
+    Triton kernels when it resolves to ``triton`` (``auto``: only after ``validate_triton_attention`` passed on
+    that GPU), xformers attention with the reference adaLN ops, else :data:`TORCH_OPS`."""
+    backend = resolve_backend(torch.empty(0, device=device))
+    if backend is AttentionBackend.TRITON:
+        return triton_ops()
+    if backend is AttentionBackend.XFORMERS:
+        return SiTOps("xformers", attention, _adaln_modulate, _gated_residual)
+    return TORCH_OPS
 
 
 class TimestepEmbedder(nn.Module):
@@ -122,11 +163,11 @@ class Attention(nn.Module):
     def _params(norm: Optional[nn.LayerNorm]):
         return None if norm is None else (norm.weight, norm.bias, norm.eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_fn: Callable = attention) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, T, head_dim) each
-        out = attention(q, k, v, q_norm=self._params(self.q_norm), k_norm=self._params(self.k_norm))
+        out = attention_fn(q, k, v, q_norm=self._params(self.q_norm), k_norm=self._params(self.k_norm))
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -155,20 +196,12 @@ class SiTBlock(nn.Module):
         self.mlp = Mlp(h, int(h * config.mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ops: SiTOps = TORCH_OPS) -> torch.Tensor:
         # c may carry more rows than x (the SiT's fixed-size conditioning path): the first B are x's.
         mods = self.adaLN_modulation(c)[: x.shape[0]]  # (B, 6·hidden)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods.chunk(6, dim=1)
-        if _fused_kernels(x):  # same maths, one pass each; statistics in fp32 (kernels/adaln.py)
-            import kernels
-
-            attn_in = kernels.adaln_modulate(x, shift_a, scale_a, self.norm1.eps)
-            x = kernels.gated_residual(x, gate_a, self.attn(attn_in))
-            mlp_in = kernels.adaln_modulate(x, shift_m, scale_m, self.norm2.eps)
-            return kernels.gated_residual(x, gate_m, self.mlp(mlp_in))
-        x = x + gate_a.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
-        x = x + gate_m.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
-        return x
+        x = ops.gated_residual(x, gate_a, self.attn(ops.modulate(x, shift_a, scale_a, self.norm1.eps), ops.attention))
+        return ops.gated_residual(x, gate_m, self.mlp(ops.modulate(x, shift_m, scale_m, self.norm2.eps)))
 
 
 class FinalLayer(nn.Module):
@@ -202,12 +235,15 @@ class SiT(nn.Module):
             GEMMs (M = B·T) do not on the CPUs we test (tests/svg/test_batch_invariance.py). With it, a row's output
             is bit-identical at any B <= P and any position in the batch, for the cost of P conditioning rows
             (weight-bound: about the cost of one). Engines set it to their ``max_rows``.
+        ops: the :class:`SiTOps` every block uses, fixed by the engine at build time (``select_ops``); ``None``
+            (a bare model) follows the process-wide attention switch at each call.
     """
 
     def __init__(self, config: SiTConfig) -> None:
         super().__init__()
         self.config = config
         self.cond_rows: int | None = None
+        self.ops: SiTOps | None = None
         h = config.hidden_size
         self.ln1 = nn.Linear(config.in_channels, h)  # named like a norm in the reference, but a Linear
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, h), requires_grad=False)
@@ -263,8 +299,9 @@ class SiT(nn.Module):
             if force_drop_ids is not None:
                 force_drop_ids = torch.cat([force_drop_ids, force_drop_ids.new_zeros(pad)])
         c = self.t_embedder(t) + self.y_embedder(y, force_drop_ids)  # (max(B, cond_rows), hidden)
+        ops = self.ops if self.ops is not None else select_ops(x.device)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, ops)
         return self.final_layer(h, c)  # (B, T, C_out)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
