@@ -185,7 +185,7 @@ class Engine:
         def run(layout: torch.Tensor) -> None:
             self.padded_rows(layout.shape[1])
             with torch.no_grad():
-                step(self._run, slots, layout.to(self.device))
+                step(self, slots, layout.to(self.device))  # the forward through this engine's own call
 
         return Stepper(run, slots)
 
