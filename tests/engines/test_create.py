@@ -27,8 +27,12 @@ def test_create_eager_matches_module(tiny_sit):
     engine = engines.create("eager", copy.deepcopy(tiny_sit), device="cpu", max_rows=4)
     assert isinstance(engine, EagerEngine) and engine.dtype == torch.float32
     x, t, y = sit_inputs(3, seed=5)
+    assert engine.module.cond_rows == 4  # batch-invariant by default: a fixed-size conditioning path
+    same = copy.deepcopy(tiny_sit)
+    same.cond_rows = 4
     with torch.no_grad():
-        assert torch.equal(engine(x, t, y), tiny_sit(x, t, y))
+        assert torch.equal(engine(x, t, y), same(x, t, y))
+        assert torch.allclose(engine(x, t, y), tiny_sit(x, t, y), atol=1e-5)  # the same maths, other rounding
     with pytest.raises(EngineError, match="max_rows=4"):
         engine(*sit_inputs(5, seed=0))
 
