@@ -262,7 +262,7 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     Args:
         cfg: validated configuration. worker/metrics: injected instances (tests, benchmark); default built here.
     """
-    from server import openapi, routes
+    from server import openapi, routes, sse
 
     if metrics is None:
         device = cfg.resolved_device()
@@ -292,6 +292,7 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     app.state.cfg, app.state.worker, app.state.metrics = cfg, worker, metrics
     app.add_middleware(GuardMiddleware, cfg=cfg, metrics=metrics)
     _install_error_handlers(app, metrics)
+    sse.install(app)
     app.include_router(routes.router)
     openapi.install_openapi(app)
     return app

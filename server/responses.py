@@ -64,8 +64,13 @@ async def await_job(request: Request, fut: Future, request_id: str | None):
 
 
 async def sample(request: Request, job: SampleRequest) -> SampleResult:
-    """Submit ``job`` to the worker and await its :class:`SampleResult` (JobError on failure)."""
-    return await await_job(request, request.app.state.worker.submit(job), job.request_id)
+    """Submit ``job`` to the worker and await its :class:`SampleResult` (JobError on failure). A streaming request
+    (``server.sse``) gets its progress events."""
+    from server import sse
+
+    fut = request.app.state.worker.submit(sse.attach(request, job))
+    sse.queued(request, job)
+    return await await_job(request, fut, job.request_id)
 
 
 async def images_response(request: Request, endpoint: str, result: SampleResult | list[np.ndarray],

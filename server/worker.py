@@ -87,6 +87,9 @@ class SampleJob:
     decode_s: float = 0.0
     cancel_reason: str = "client_disconnect"
     failed: bool = False
+    on_event: Callable | None = None  # SampleRequest.on_event (progress streaming)
+    progress: dict[int, tuple[int, int]] = field(default_factory=dict)  # row -> (steps done, steps it runs)
+    reported: int = 0
 
     @property
     def guided(self) -> bool:
@@ -142,7 +145,8 @@ class Worker:
         :class:`server.jobs.JobError`. Raises ``scheduler.QueueFull`` at once when the queue is full, NotReady
         before load."""
         job = SampleJob(request.request_id, request.kind, list(request.rows), request.steps, request.shift,
-                        request.guidance, request.solver, strength=request.strength)
+                        request.guidance, request.solver, strength=request.strength,
+                        on_event=request.on_event)
         if not self.ready.is_set():
             raise NotReady("model is not loaded yet")
         with self._wake:
@@ -235,6 +239,8 @@ class Worker:
                 job.started_at = time.monotonic()
         for key in plan.admitted:
             self._trajectories[key] = self._make_trajectory(self._jobs[key[0]], key[1])
+        for rid, _ in plan.started:
+            self._emit(self._jobs.get(rid), "started")
         self._update_gauges()
         if not plan.rows:
             with self._wake:
@@ -251,12 +257,39 @@ class Worker:
             self.metrics.observe_step(rows, time.perf_counter() - t0)
         finished = []
         for key, tr, b in zip(plan.rows, trajectories, before):
-            self._jobs[key[0]].nfe += tr.rows - b
+            job = self._jobs[key[0]]
+            job.nfe += tr.rows - b
+            job.progress[key[1]] = (tr.index - tr.start, tr.steps - tr.start)
             if tr.done:
                 finished.append(key)
+        for rid in {key[0] for key in plan.rows}:
+            self._emit(self._jobs.get(rid), "progress")
         self.scheduler.finish(finished)
         self._decode_queue.extend(finished)
         self._decode_ready()
+
+    def _emit(self, job: SampleJob | None, kind: str) -> None:
+        """Call the job's ``on_event``: ``started`` once; ``progress`` when its slowest row advanced a DiT step
+        (all rows admitted), so a request gets exactly one ``progress`` per step it runs."""
+        if job is None or job.on_event is None:
+            return
+        from server.jobs import ProgressEvent
+
+        first = self._trajectories.get((job.request_id, 0))
+        total = first.steps - first.start if first is not None else job.steps
+        if kind == "progress":
+            if len(job.progress) < len(job.rows):
+                return
+            done, total = min(d for d, _ in job.progress.values()), max(t for _, t in job.progress.values())
+            if done <= job.reported:
+                return
+            job.reported = done
+        else:
+            done = 0
+        try:
+            job.on_event(ProgressEvent(kind, done, total, time.monotonic() - job.submitted_at))
+        except Exception:  # a listener's bug must never fail the step loop
+            log.exception("progress listener failed, request_id=%s", job.request_id)
 
     def _make_trajectory(self, job: SampleJob, index: int):
         from svg.editing import edit_trajectory
