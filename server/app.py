@@ -262,7 +262,7 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     Args:
         cfg: validated configuration. worker/metrics: injected instances (tests, benchmark); default built here.
     """
-    from server import openapi, routes, sse
+    from server import openai_api, openapi, routes, sse
 
     if metrics is None:
         device = cfg.resolved_device()
@@ -294,5 +294,6 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     _install_error_handlers(app, metrics)
     sse.install(app)
     app.include_router(routes.router)
+    app.include_router(openai_api.router)
     openapi.install_openapi(app)
     return app

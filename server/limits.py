@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.config import DEFAULT_NUM_POINTS, DEFAULT_STEPS, ServerConfig
+from server.labels import labels_for
 from svg.sampling import MAX_GUIDANCE_SCALE, SEED_MAX
 
 # A request without a seed gets one drawn from 0..2**53 - 1: JavaScript numbers are IEEE doubles, which hold every
@@ -35,6 +36,7 @@ class Limits:
         seed_max: largest seed (``svg.sampling.SEED_MAX``, 2**63 - 1). random_seed_max: largest random seed.
         shift_max: largest timestep shift.
         default_steps, default_num_points: what a request that omits ``steps`` / ``num_points`` gets.
+        labels: the model's class names (``server.labels.labels_for``), accepted wherever a class id is; or None.
     """
 
     num_classes: int | None
@@ -46,11 +48,13 @@ class Limits:
     shift_max: float = MAX_TIMESTEP_SHIFT
     default_steps: int = DEFAULT_STEPS
     default_num_points: int = DEFAULT_NUM_POINTS
+    labels: tuple[str, ...] | None = None
 
     @classmethod
     def build(cls, cfg: ServerConfig, num_classes: int | None = None) -> "Limits":
         """The limits of a server with configuration ``cfg`` serving a model with ``num_classes`` classes."""
-        return cls(num_classes=num_classes, max_steps=cfg.max_steps, max_images=cfg.max_images)
+        return cls(num_classes=num_classes, max_steps=cfg.max_steps, max_images=cfg.max_images,
+                   labels=labels_for(num_classes))
 
     @property
     def max_class(self) -> int | None:
@@ -59,6 +63,8 @@ class Limits:
     def allowed(self, field: str) -> str:
         """The allowed range of ``field`` (a dotted name; its first part is looked up), quoted in every 422."""
         classes = "0..num_classes-1 (GET /models)" if self.num_classes is None else f"0..{self.max_class}"
+        if self.labels is not None:
+            classes += " or a class name from GET /models (e.g. " + repr(self.labels[min(1, self.max_class)]) + ")"
         texts = {
             "class_id": f"an integer {classes}, or a list of 1..{self.max_images} of them (one per image)",
             "num_images": f"an integer 1..{self.max_images}, equal to len(class_id) when class_id is a list",

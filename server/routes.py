@@ -109,7 +109,8 @@ async def models(request: Request):
         dtype=cfg.dtype, sit_engine=getattr(m.sit_engine, "name", cfg.sit_engine),
         decoder_engine=getattr(m.decoder_engine, "name", cfg.decoder_engine), device=str(m.device),
         latent_shape=[m.channels, m.grid, m.grid], image_size=m.image_size, num_classes=m.num_classes,
-        random_weights=m.random_weights, max_steps=cfg.max_steps, max_images=cfg.max_images)
+        random_weights=m.random_weights, max_steps=cfg.max_steps, max_images=cfg.max_images,
+        labels=list(limits_of(request).labels or []) or None)
 
 
 # -- sampling ------------------------------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ import math
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError,
                       ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
 from server.config import DEFAULT_NUM_POINTS, DEFAULT_STEPS
+from server.labels import UnknownClassName, class_id as class_id_of
 from server.limits import MAX_TIMESTEP_SHIFT, Limits
 from svg.sampling import MAX_GUIDANCE_SCALE, SEED_MAX
 
@@ -48,10 +49,21 @@ def _class_in_model(value: int, info: ValidationInfo) -> int:
     return value
 
 
+def _class_name(value: Any, info: ValidationInfo) -> Any:
+    """A class name (``server.labels``) becomes its id; an unknown name is a 422 suggesting the closest names."""
+    limits = _limits(info)
+    if not isinstance(value, str) or limits is None or limits.labels is None:
+        return value  # not a name (or a model without names): the strict integer check answers
+    try:
+        return class_id_of(value, limits.labels)
+    except UnknownClassName as exc:
+        raise PydanticCustomError("unknown_class_name", str(exc)) from None
+
+
 SInt = Annotated[int, Strict()]
 SFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
-ClassId = Annotated[int, Strict(), Field(ge=0), AfterValidator(_class_in_model)]
+ClassId = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_class_name), AfterValidator(_class_in_model)]
 # One class for every image, or one per image. The discriminator picks the branch from the JSON type, so a bad
 # value gets the error of the branch it meant (never a pair of errors, one per union branch).
 ClassIds = Annotated[
@@ -336,6 +348,9 @@ class ModelsResponse(BaseModel):
     latent_shape: list[int] = Field(description="(C, h, w) of one latent")
     image_size: int
     num_classes: int = Field(description="class labels this model accepts: 0..num_classes-1")
+    labels: list[str] | None = Field(None, description="class names, index = class id (ImageNet-1k names for a "
+                                     "1,000-class model, zero..nine for the MNIST demo); accepted wherever a "
+                                     "class id is")
     random_weights: bool = Field(description="true for the tiny random test checkpoint (not a trained model)")
     max_steps: int = Field(description="largest steps a request may ask for")
     max_images: int = Field(description="largest image count per request")
