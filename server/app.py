@@ -46,7 +46,8 @@ from server.worker import Worker
 
 log = logging.getLogger("svg.server")
 
-OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect",
+              "/", "/playground", "/playground/index.html", "/playground/app.js", "/playground/style.css")
 
 
 class BodyTooLarge(Exception):
@@ -262,7 +263,7 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     Args:
         cfg: validated configuration. worker/metrics: injected instances (tests, benchmark); default built here.
     """
-    from server import openai_api, openapi, routes, sse
+    from server import openai_api, openapi, playground, routes, sse
 
     if metrics is None:
         device = cfg.resolved_device()
@@ -295,5 +296,6 @@ def create_app(cfg: ServerConfig, *, worker: Worker | None = None, metrics: Serv
     sse.install(app)
     app.include_router(routes.router)
     app.include_router(openai_api.router)
+    app.include_router(playground.router)
     openapi.install_openapi(app)
     return app
