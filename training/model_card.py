@@ -15,6 +15,29 @@ def _fmt_s(seconds) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+# The pictures section (scripts/model_card_pictures.py writes model_dir/card/*.png).
+PICTURES = [
+    "## Pictures",
+    "Made by `python scripts/model_card_pictures.py` from this directory's weights (Euler, guidance scale 3.0, shift 0.4;",
+    "seeds 0–7, image 0 of each, so `POST /generate {\"class_id\": c, \"seed\": s, \"steps\": n, \"cfg\": 3.0,",
+    "\"timestep_shift\": 0.4}` gives the same cell).",
+    "",
+    "Every class (rows, zero..nine) × 8 seeds at 5 steps, then at 25 steps:",
+    "",
+    "![samples at 5 steps](card/samples_5_steps.png) ![samples at 25 steps](card/samples_25_steps.png)",
+    "",
+    "Between the initial noises of seeds 1 and 2 for class three, lerp (top) above slerp (bottom), as in the paper's",
+    "Figures 7–9:",
+    "",
+    "![interpolation](card/interpolation.png)",
+    "",
+    "Edit: a one (seed 4), the mask (centre square, inside), and the edit toward seven at strength 0.8:",
+    "",
+    "![edit](card/edit.png)",
+    "",
+]
+
+
 def write_model_card(model_dir: str | Path, results: dict, recipe: dict) -> Path:
     """Render the card (data, recipe, steps, wall time per stage, metrics, files and sizes) to
     ``model_dir/MODEL_CARD.md`` and return its path."""
@@ -107,6 +130,7 @@ def write_model_card(model_dir: str | Path, results: dict, recipe: dict) -> Path
         "  training, which ran at low priority beside stage 2. Stages that were resumed report summed wall time.",
         "* 1,000 samples per row: accuracy differences below about 0.5 points are noise.",
         "",
+        *(PICTURES if (model_dir / "card" / "samples_25_steps.png").exists() else []),
         "## Limits",
         "A demonstration model: 32×32 grey digits only; sample quality is judged by a classifier, not by FID.",
     ]

@@ -53,9 +53,10 @@ def browser():
         b.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def page(browser, server):
-    """The playground with the API key entered; ``page.errors`` collects console errors and page exceptions."""
+    """The playground with the API key entered, shared by the tests in order (so the last screenshot shows every
+    panel filled); ``page.errors`` collects console errors and page exceptions."""
     ctx = browser.new_context(viewport={"width": 1200, "height": 1400})
     pg = ctx.new_page()
     pg.errors = []
