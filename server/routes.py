@@ -23,7 +23,7 @@ from server.negotiation import JSON, NPY, OCTET, negotiate
 from server.openapi import (ERRORS, FEATURES_OUT, IMAGES_OUT, METRICS_OUT, edit_body, json_body_doc, upload_body)
 from server.parsing import json_body, upload
 from server.responses import PrometheusResponse, await_job, images_response, image_media, sample
-from server.sse import streamable
+from server.sse import streamable, with_event_stream
 from server.schemas import (EditJSON, EditParams, EncodeParams, FeatureFormat, GenerateRequest, GuidanceModeName,
                             ImageJSON, InterpolateRequest, ModelsResponse, ReconstructJSON, ReconstructParams,
                             invalid)
@@ -114,7 +114,7 @@ async def models(request: Request):
 
 
 # -- sampling ------------------------------------------------------------------------------------------------------
-@router.post("/generate", summary="Class-conditional images", responses={**ERRORS, **IMAGES_OUT},
+@router.post("/generate", summary="Class-conditional images", responses={**ERRORS, **with_event_stream(IMAGES_OUT)},
              openapi_extra=json_body_doc(GenerateRequest))
 @streamable
 async def generate(request: Request):
@@ -131,7 +131,7 @@ async def generate(request: Request):
 
 
 @router.post("/interpolate", summary="Images between the initial noises of two seeds",
-             responses={**ERRORS, **IMAGES_OUT}, openapi_extra=json_body_doc(InterpolateRequest))
+             responses={**ERRORS, **with_event_stream(IMAGES_OUT)}, openapi_extra=json_body_doc(InterpolateRequest))
 @streamable
 async def interpolate(request: Request):
     from svg.editing import interpolate_noise
@@ -237,7 +237,7 @@ async def _edit_mask(request: Request, params: EditParams, files: dict[str, byte
 
 
 @router.post("/edit", summary="Regenerate a masked region (or its outside) toward a class",
-             responses={**ERRORS, **IMAGES_OUT}, openapi_extra=edit_body())
+             responses={**ERRORS, **with_event_stream(IMAGES_OUT)}, openapi_extra=edit_body())
 @streamable
 async def edit(request: Request):
     import torch

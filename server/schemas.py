@@ -19,8 +19,8 @@ import math
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError,
-                      ValidationInfo, field_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag,
+                      ValidationError, ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
 from server.config import DEFAULT_NUM_POINTS, DEFAULT_STEPS

@@ -61,6 +61,18 @@ def install(app) -> None:
     app.state.sse_metrics = SSEMetrics(app.state.metrics.registry)
 
 
+def with_event_stream(responses: dict) -> dict:
+    """``responses`` (an endpoint's OpenAPI responses) with ``text/event-stream`` added to its 200 answer."""
+    ok = dict(responses[200])
+    ok["content"] = {**ok["content"], EVENT_STREAM: {
+        "schema": {"type": "string"},
+        "example": 'id: 1\nevent: queued\ndata: {"position":1,"queue_depth":1,"estimated_start_s":0.0}\n\n'
+                   'id: 3\nevent: progress\ndata: {"step":1,"total":25,"elapsed_s":0.05,"eta_s":1.2}\n\n'}}
+    ok["description"] += ("; or, with Accept: text/event-stream, Server-Sent Events queued, started, progress (one "
+                          "per DiT step), then result (this JSON body) or error (status + error body)")
+    return {**responses, 200: ok}
+
+
 def wants_events(request: Request) -> bool:
     """True when ``Accept`` names ``text/event-stream`` with q > 0 (a wildcard alone never selects a stream)."""
     header = request.headers.get("accept")
@@ -120,7 +132,8 @@ def queued(request: Request, job: SampleRequest) -> None:
     per_batch = max(1, scheduler.max_rows // rows)
     ahead = max(0, depth - 1) + (1 if scheduler.inflight() > depth else 0)
     estimate = (ahead // per_batch + (1 if ahead % per_batch else 0)) * job.steps * step_s
-    sink.put("queued", {"position": depth, "queue_depth": depth, "estimated_start_s": round(estimate, 4)})
+    # The device thread may admit the job before this runs: it then counts as first in line, starting now.
+    sink.put("queued", {"position": max(depth, 1), "queue_depth": depth, "estimated_start_s": round(estimate, 4)})
 
 
 def _mean_step_s(metrics) -> float:

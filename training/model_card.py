@@ -18,7 +18,8 @@ def _fmt_s(seconds) -> str:
 # The pictures section (scripts/model_card_pictures.py writes model_dir/card/*.png).
 PICTURES = [
     "## Pictures",
-    "Made by `python scripts/model_card_pictures.py` from this directory's weights (Euler, guidance scale 3.0, shift 0.4;",
+    "Made by `python scripts/model_card_pictures.py` from this directory's weights (Euler, guidance scale 3.0, "
+    "shift 0.4;",
     "seeds 0–7, image 0 of each, so `POST /generate {\"class_id\": c, \"seed\": s, \"steps\": n, \"cfg\": 3.0,",
     "\"timestep_shift\": 0.4}` gives the same cell).",
     "",

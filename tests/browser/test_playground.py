@@ -109,7 +109,8 @@ def test_generate_shows_a_png_with_the_progress_bar_advancing(page):
     page.wait_for_function("() => /features|HTTP|rror/.test(document.getElementById('encode-status').textContent)",
                            timeout=60_000)
     assert page.text_content("#encode-status").startswith("features"), page.text_content("#encode-status")
-    assert page.evaluate("[document.getElementById('encode-pca').width, document.getElementById('encode-pca').height]") == [8, 8]
+    assert page.evaluate("(() => { const c = document.getElementById('encode-pca'); return [c.width, c.height]; })()") \
+        == [8, 8]
     page.screenshot(path=str(ARTIFACTS / "playground_generate.png"), full_page=True)
     assert page.errors == []
 
