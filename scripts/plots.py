@@ -9,8 +9,9 @@ Charts:
 * ``server_batching.png`` (``benchmarks/server_cpu.csv``): server images/s and p50/p99 latency by concurrency, step
   batching on vs off.
 * ``loadtest_latency.png``: the load test's latency percentiles over time from Locust's
-  ``benchmarks/loadtest_*_stats_history.csv`` (``loadtest.plot``) when such a file is committed; otherwise the
-  per-endpoint p50/p95/p99 of ``benchmarks/loadtest_*_endpoints.csv`` (``loadtest_percentiles.png``).
+  ``benchmarks/loadtest_*_stats_history.csv`` (``loadtest.plot``; the committed one holds Locust's 'Aggregated' rows
+  of a 90 s, 8-user steady run on the demo model), and ``loadtest_percentiles.png``: the per-endpoint p50/p95/p99 of
+  ``benchmarks/loadtest_*_endpoints.csv``.
 """
 
 from __future__ import annotations
