@@ -149,3 +149,24 @@ def test_disconnect_cancels_the_job_and_stream_metrics(sse_server, sc):
 def test_without_event_stream_accept_nothing_changes(sc):
     r = sc.post("/generate", json={"class_id": 1, "steps": 1, "seed": 1}, headers={"Accept": "*/*"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+
+
+def test_a_queued_stream_gets_heartbeats_and_a_start_estimate(sse_server):
+    # A long request holds every row (FIFO, no backfill); a second one waits behind it with no events to send.
+    # 8 guided Heun images x 1000 steps at max_rows 4: 8,000 batched evaluations, far longer than HEARTBEAT_S.
+    with httpx.Client(base_url=sse_server.url, timeout=60) as c:
+        with c.stream("POST", "/generate", headers=SSE, json={"class_id": 2, "num_images": 8, "steps": 1000,
+                                                               "cfg": 4.0, "sampler": "heun"}) as first:
+            head = first.iter_lines()  # kept open: closing the generator would close the stream (a disconnect)
+            while next(head) != "event: started":  # read up to its start
+                pass
+            with c.stream("POST", "/generate", headers=SSE, json={"class_id": 1, "steps": 3}) as second:
+                lines = []
+                for line in second.iter_lines():  # HEARTBEAT_S = 5 s without events
+                    lines.append(line)
+                    if line == ": heartbeat":
+                        break
+    queued = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+    assert lines[-1] == ": heartbeat", [x for x in lines if x.startswith(("event", ":"))]
+    assert "event: queued" in lines and "event: started" not in lines
+    assert queued["position"] == 1 and queued["estimated_start_s"] > 0
