@@ -61,7 +61,8 @@ def _openai_error(request: Request, exc: InvalidFields) -> JSONResponse:
 
 
 @router.post("/v1/images/generations", summary="OpenAI-compatible image generation (prompt = class name)",
-             tags=["openai"])
+             tags=["openai"], openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": ImagesGenerationsRequest.model_json_schema()}}}})
 async def images_generations(request: Request):
     m, limits = _model(request), limits_of(request)
     try:
