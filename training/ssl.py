@@ -7,6 +7,11 @@ pair of different views; the teacher follows the student with a momentum rising 
 This reproduces the SVG premise in miniature: DINOv3 weights cannot be downloaded, so the demo encoder (a small
 timm Eva of the DINOv3 family) learns its own features on MNIST, is then frozen and used as the SVG encoder.
 
+``--patch-weight W`` (the demo recipe uses it) adds iBOT's masked-patch objective (Zhou et al. 2022, "iBOT: Image
+BERT Pre-Training with Online Tokenizer", ICLR, Eq. 2): the student sees the global views with a random subset of
+patch embeddings replaced by a mask token and predicts, at those positions, the teacher's patch-head distribution
+of the unmasked view. DINO alone shapes only the class token; the SVG latent is made of the patch tokens.
+
 Views are built in batch on the tensor with random affine warps (zoom/crop, rotation, shift), contrast jitter and
 noise: 2 global views at the full resolution and ``local_crops`` views at half resolution (multi-crop).
 
@@ -68,14 +73,68 @@ def to_encoder_input(x: torch.Tensor) -> torch.Tensor:
 
 
 class DINOModel(nn.Module):
-    """Encoder + head on the class token (index 0 of ``forward_features``); input in [-1, 1]."""
+    """Encoder + head on the class token (index 0 of ``forward_features``); input in [-1, 1].
 
-    def __init__(self, encoder: nn.Module, head: DINOHead):
+    With a ``patch_head`` (iBOT, Zhou et al. 2022, "iBOT: Image BERT Pre-Training with Online Tokenizer", §3) the
+    model also projects every patch token, and ``forward(x, mask)`` replaces the patch embeddings where ``mask
+    (B, N)`` is True by a learned ``mask_token`` before the blocks (masked image modelling).
+
+    ``forward(x (B, 3, H, W), mask=None) -> (B, K)`` class-token logits, or with a patch head
+    ``((B, K), (B, N, K_patch))``.
+    """
+
+    def __init__(self, encoder: nn.Module, head: DINOHead, patch_head: DINOHead | None = None):
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.head, self.patch_head = encoder, head, patch_head
+        self._mask: torch.Tensor | None = None
+        if patch_head is not None:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.num_features))
+            encoder.patch_embed.register_forward_hook(self._apply_mask)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.forward_features(to_encoder_input(x))[:, 0])
+    def _apply_mask(self, module: nn.Module, args, out: torch.Tensor) -> torch.Tensor | None:
+        # a hook, because timm's Eva embeds patches and adds the prefix tokens inside forward_features
+        if self._mask is None:
+            return None
+        flat = out.reshape(out.shape[0], -1, out.shape[-1])  # (B, H, W, D) with dynamic_img_size, else (B, N, D)
+        flat = torch.where(self._mask.unsqueeze(-1), self.mask_token.to(flat.dtype), flat)
+        return flat.reshape(out.shape)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        self._mask = mask
+        try:
+            f = self.encoder.forward_features(to_encoder_input(x))
+        finally:
+            self._mask = None
+        cls = self.head(f[:, 0])
+        if self.patch_head is None:
+            return cls
+        patches = f[:, self.encoder.num_prefix_tokens:]
+        return cls, self.patch_head(patches.reshape(-1, patches.shape[-1])).view(*patches.shape[:2], -1)
+
+
+def random_patch_masks(batch: int, tokens: int, gen: torch.Generator, ratio: tuple[float, float] = (0.1, 0.5),
+                       prob: float = 0.5) -> torch.Tensor:
+    """iBOT masks (B, N) bool: each image is masked with probability ``prob``, then a uniform ``ratio`` of its
+    patches at random positions (iBOT §3 / Appendix: prediction ratio 0.1–0.5 on half of the images)."""
+    u = torch.rand(batch, 2, generator=gen)
+    frac = torch.where(u[:, 0] < prob, ratio[0] + (ratio[1] - ratio[0]) * u[:, 1], torch.zeros(batch))
+    scores = torch.rand(batch, tokens, generator=gen)
+    ranks = scores.argsort(1).argsort(1)
+    return ranks < (frac * tokens).round().long().unsqueeze(1)
+
+
+def masked_patch_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, center: torch.Tensor,
+                      t_student: float = 0.1, t_teacher: float = 0.04) -> torch.Tensor:
+    """iBOT's masked-patch self-distillation (Eq. 2): cross-entropy between the centred, sharpened teacher
+    distribution of each patch of the *unmasked* view and the student distribution of the same patch of the
+    *masked* view, averaged over the masked patches of each image, then over images with a mask.
+    ``student``/``teacher`` (B, N, K) logits, ``mask`` (B, N) bool, ``center`` (1, K)."""
+    tgt = F.softmax((teacher - center) / t_teacher, dim=-1).detach()
+    ce = -(tgt * F.log_softmax(student / t_student, dim=-1)).sum(-1)  # (B, N)
+    m = mask.float()
+    per_image = (ce * m).sum(1) / m.sum(1).clamp(min=1.0)
+    has = (m.sum(1) > 0).float()
+    return (per_image * has).sum() / has.sum().clamp(min=1.0)
 
 
 def random_views(x: torch.Tensor, size: int, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
@@ -163,10 +222,15 @@ def evaluate_knn(encoder: nn.Module, data: str, train_items: int = 20000) -> dic
 def train_ssl(encoder: nn.Module, data: str, out: str | Path, steps: int = 1500, batch_size: int = 64,
               lr: float = 5e-4, weight_decay: tuple[float, float] = (0.04, 0.4), warmup: int = 50,
               local_crops: int = 2, prototypes: int = 1024, seed: int = 0, log_every: int = 50,
-              ckpt_every: int = 100, image_size: int = 32, layerscale_init: float = 1.0) -> nn.Module:
+              ckpt_every: int = 100, image_size: int = 32, layerscale_init: float = 1.0,
+              patch_weight: float = 0.0, patch_prototypes: int = 256) -> nn.Module:
     """DINO-pretrain ``encoder`` (a timm ``Eva``; trained in place) on the images at ``data`` and return it frozen
     (eval mode, ``requires_grad=False``). Resumes from ``out/ssl_last.pt`` when present; writes
     ``out/encoder.pt`` (teacher encoder state dict, the weights DINO evaluates) at the end.
+
+    ``patch_weight > 0`` adds iBOT's masked-patch self-distillation (:func:`masked_patch_loss`, weight
+    ``patch_weight``, a separate ``patch_prototypes`` head): DINO alone trains the class token only, while the SVG
+    latent is made of the patch tokens, which then need an objective of their own.
     """
     out = Path(out)
     seed_everything(seed)
@@ -179,13 +243,16 @@ def train_ssl(encoder: nn.Module, data: str, out: str | Path, steps: int = 1500,
         for name, p in encoder.named_parameters():
             if name.rsplit(".", 1)[-1] in ("gamma_1", "gamma_2"):
                 p.fill_(layerscale_init)
-    student = DINOModel(encoder, DINOHead(dim, prototypes))
+    patch_head = DINOHead(dim, patch_prototypes) if patch_weight > 0 else None
+    student = DINOModel(encoder, DINOHead(dim, prototypes), patch_head)
     teacher = EMA(student, decay=0.996)
     params = [{"params": [p for n, p in student.named_parameters() if p.ndim > 1 and "token" not in n]},
               {"params": [p for n, p in student.named_parameters() if p.ndim <= 1 or "token" in n],
                "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=lr)
     center = torch.zeros(1, prototypes)
+    center_patch = torch.zeros(1, patch_prototypes)
+    tokens = (image_size // encoder.patch_embed.patch_size[0]) ** 2
     gen = torch.Generator().manual_seed(seed + 1)
     start = 0
     ckpt = load_checkpoint(out / "ssl_last.pt")
@@ -194,6 +261,7 @@ def train_ssl(encoder: nn.Module, data: str, out: str | Path, steps: int = 1500,
         teacher.load_state_dict(ckpt["teacher"])
         opt.load_state_dict(ckpt["optimizer"])
         center, start = ckpt["center"], ckpt["step"]
+        center_patch = ckpt.get("center_patch", center_patch)
         set_rng_state(ckpt["rng"], {"views": gen})
         log.info("ssl: resumed at step %d", start)
     batches = Batches(build_dataset(data, image_size), batch_size, seed=seed).iterate(start)
@@ -208,12 +276,28 @@ def train_ssl(encoder: nn.Module, data: str, out: str | Path, steps: int = 1500,
         globals_ = [random_views(x, image_size, (0.5, 1.0), gen) for _ in range(2)]
         locals_ = [random_views(x, image_size // 2, (0.15, 0.4), gen) for _ in range(local_crops)]
         teacher.model.train()  # the head's BatchNorm uses batch statistics in the teacher too (DINO)
-        with torch.no_grad():
-            t_out = teacher.model(torch.cat(globals_)).chunk(2)
-        s_out = list(student(torch.cat(globals_)).chunk(2))
-        if locals_:
-            s_out += list(student(torch.cat(locals_)).chunk(local_crops))
-        loss = dino_loss(s_out, list(t_out), center)
+        logs = {}
+        if patch_head is None:
+            with torch.no_grad():
+                t_out = teacher.model(torch.cat(globals_)).chunk(2)
+            s_out = list(student(torch.cat(globals_)).chunk(2))
+            if locals_:
+                s_out += list(student(torch.cat(locals_)).chunk(local_crops))
+            loss = dino_loss(s_out, list(t_out), center)
+        else:  # iBOT: the student sees masked global views, the teacher the same views unmasked
+            masks = random_patch_masks(2 * x.shape[0], tokens, gen)
+            with torch.no_grad():
+                t_cls, t_patch = teacher.model(torch.cat(globals_))
+            s_cls, s_patch = student(torch.cat(globals_), mask=masks)
+            t_out, s_out = t_cls.chunk(2), list(s_cls.chunk(2))
+            if locals_:
+                s_out += list(student(torch.cat(locals_))[0].chunk(local_crops))
+            cls_loss = dino_loss(s_out, list(t_out), center)
+            patch_loss = masked_patch_loss(s_patch, t_patch, masks, center_patch)
+            loss = cls_loss + patch_weight * patch_loss
+            logs = {"cls": cls_loss.item(), "patch": patch_loss.item()}
+            with torch.no_grad():
+                center_patch = 0.9 * center_patch + 0.1 * t_patch.mean((0, 1)).unsqueeze(0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
@@ -221,10 +305,11 @@ def train_ssl(encoder: nn.Module, data: str, out: str | Path, steps: int = 1500,
         teacher.update(student, decay=cosine(step, steps, 0.996, 1.0))
         with torch.no_grad():  # centre update, momentum 0.9 (DINO Algorithm 1)
             center = 0.9 * center + 0.1 * torch.cat(t_out).mean(0, keepdim=True)
-        progress(step, loss=loss.item())
+        progress(step, loss=loss.item(), **logs)
         if step % ckpt_every == 0 or step == steps:
             save_checkpoint(out / "ssl_last.pt", {"student": student.state_dict(), "teacher": teacher.state_dict(),
-                                                  "optimizer": opt.state_dict(), "center": center, "step": step,
+                                                  "optimizer": opt.state_dict(), "center": center,
+                                                  "center_patch": center_patch, "step": step,
                                                   "rng": rng_state({"views": gen})})
     frozen = teacher.model.encoder
     torch.save(frozen.state_dict(), out / "encoder.pt")
@@ -267,12 +352,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--local-crops", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch-weight", type=float, default=0.0,
+                   help="weight of iBOT's masked-patch loss on the patch tokens (0: DINO only)")
     p.add_argument("--knn", action="store_true", help="report k-NN accuracy vs the same encoder at random init")
     a = p.parse_args(argv)
     with usage_errors(p):
         for name in ("steps", "batch_size", "local_crops"):
             check_range(name, getattr(a, name), getattr(a, name) >= 1, ">= 1")
         check_range("lr", a.lr, a.lr > 0, "> 0")
+        check_range("patch_weight", a.patch_weight, a.patch_weight >= 0, ">= 0")
     require_data(p, a.data)
     setup_logging(Path(a.out) / "ssl.log")
     torch.manual_seed(a.seed)
@@ -280,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     random_init = build_demo_encoder() if a.knn else None
     t0 = time.perf_counter()
     frozen = train_ssl(encoder, a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                       local_crops=a.local_crops, seed=a.seed)
+                       local_crops=a.local_crops, seed=a.seed, patch_weight=a.patch_weight)
     result = {"steps": a.steps, "wall_s": round(time.perf_counter() - t0, 1)}
     if a.knn:
         result["knn_pretrained"] = evaluate_knn(frozen, a.data)
