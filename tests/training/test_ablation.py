@@ -12,6 +12,15 @@ from training.ablation import VARIANTS, AblationConfig, pixel_images, pixel_toke
 from training.evaluate import MNISTClassifier
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny matrices: on a shared CPU a second OpenMP thread only adds barrier waits (measured 10-40× slower)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_pixel_tokens_round_trip():
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     images = x.expand(-1, 3, -1, -1)
