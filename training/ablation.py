@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-class", type=int, default=d.per_class)
     p.add_argument("--guidance", type=float, default=d.guidance)
     p.add_argument("--variants", nargs="+", default=list(d.variants))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (use 1 on an oversubscribed machine)")
     a = p.parse_args(argv)
     with usage_errors(p):
         cfg = AblationConfig(stage1_steps=a.stage1_steps, latent_images=a.latent_images, eval_at=tuple(a.eval_at),

@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     p.add_argument("--out", default=None, help="JSON output (default <model-dir>/eval.json)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is faster on an oversubscribed machine; default: torch's choice)")
     p.add_argument("--sweep", action="store_true",
                    help="instead: accuracy, FD (with its real floor) and diversity over guidance × steps")
     p.add_argument("--sweep-guidance", type=float, nargs="+", default=list(SWEEP_GUIDANCE))
@@ -403,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     _validate(p, a)
     setup_logging()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.sweep:
         from svg.pipeline import SVGPipeline
 

@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patch-weight", type=float, default=0.0,
                    help="weight of iBOT's masked-patch loss on the patch tokens (0: DINO only)")
     p.add_argument("--knn", action="store_true", help="report k-NN accuracy vs the same encoder at random init")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is faster on an oversubscribed machine; default: torch's choice)")
     a = p.parse_args(argv)
     with usage_errors(p):
         for name in ("steps", "batch_size", "local_crops"):
@@ -363,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         check_range("patch_weight", a.patch_weight, a.patch_weight >= 0, ">= 0")
     require_data(p, a.data)
     setup_logging(Path(a.out) / "ssl.log")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     encoder = build_demo_encoder()
     random_init = build_demo_encoder() if a.knn else None
