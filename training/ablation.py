@@ -286,6 +286,50 @@ class Variant:
         return pixel_images(raw) if self.ae is None else decode_variant(self.ae, raw)
 
 
+# ------------------------------------------------------------------------------------------------ diagnosis
+@torch.no_grad()
+def latent_diagnostics(tokens: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                       bank: int = 5000, queries: int = 2000) -> dict[str, float]:
+    """Why a latent is easy or hard for the SiT: the spectrum of its per-channel normalised tokens and how
+    semantic it is.
+
+    ``tokens (N, T, C)`` raw, ``mean``/``std`` (1, 1, C). Returns ``pcs_90``/``pcs_99`` (principal components
+    holding 90 / 99 % of the per-token variance; a small number out of C means most normalised channels are
+    redundant and the flow must collapse isotropic noise onto a thin subspace), ``participation_ratio``
+    ((Σλ)² / Σλ²), and ``knn`` (k-NN accuracy of the flattened normalised latent, ``bank`` training images vs
+    the next ``queries``; training.ssl.knn_accuracy).
+    """
+    from training.ssl import knn_accuracy
+
+    norm = (tokens - mean) / std
+    flat = norm.reshape(-1, norm.shape[-1])[::7].double()  # every 7th token: ample for C <= 104
+    ev = torch.linalg.eigvalsh(torch.cov(flat.T)).flip(0).clamp(min=0)
+    cum = ev.cumsum(0) / ev.sum()
+    f, n = norm.flatten(1), norm.shape[0]
+    q = min(queries, n - min(bank, n // 2))
+    b = min(bank, n - q)
+    return {"channels": int(norm.shape[-1]), "pcs_90": int((cum < 0.9).sum()) + 1,
+            "pcs_99": int((cum < 0.99).sum()) + 1, "participation_ratio": float(ev.sum() ** 2 / (ev ** 2).sum()),
+            "knn": knn_accuracy(f[:b], labels[:b], f[n - q:], labels[n - q:])}
+
+
+def diagnose(out: str | Path, csv: str | Path | None, variants: tuple[str, ...] = VARIANTS) -> list[dict]:
+    """:func:`latent_diagnostics` of every prepared variant under ``out`` (one CSV row each)."""
+    from training.evaluate import write_csv
+
+    rows = []
+    for name in variants:
+        cache = Path(out) / name / "tokens.pt"
+        if cache.is_file():
+            c = torch.load(cache, map_location="cpu", weights_only=True)
+            rows.append({"variant": name, **latent_diagnostics(c["tokens"], c["labels"], c["mean"], c["std"]),
+                         "recon_psnr_db": c["info"]["recon_psnr_db"]})
+            log.info("%s: %s", name, rows[-1])
+    if csv and rows:
+        write_csv(rows, csv)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ stage 2
 def train_segment(variant: Variant, cfg: AblationConfig, until: int):
     """Train the variant's SiT to ``until`` optimizer steps (resuming ``stage2_last.pt``); returns the trainer."""
@@ -403,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-class", type=int, default=d.per_class)
     p.add_argument("--guidance", type=float, default=d.guidance)
     p.add_argument("--variants", nargs="+", default=list(d.variants))
+    p.add_argument("--diagnose", default=None, metavar="CSV",
+                   help="only write the latent diagnostics (spectrum, k-NN) of the prepared variants to CSV")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (use 1 on an oversubscribed machine)")
     a = p.parse_args(argv)
     with usage_errors(p):
@@ -413,6 +459,10 @@ def main(argv: list[str] | None = None) -> None:
     require_data(p, a.data)
     require_file(p, "--ssl-encoder", a.ssl_encoder)
     torch.set_num_threads(a.threads)
+    if a.diagnose:
+        setup_logging()
+        diagnose(a.out, a.diagnose, cfg.variants)
+        return
     setup_logging(Path(a.out) / "ablation.log")
     t0 = time.perf_counter()
     rows = run(a.data, a.ssl_encoder, a.out, cfg, a.csv, a.plot, a.classifier)

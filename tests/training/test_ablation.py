@@ -72,3 +72,19 @@ def test_tiny_ablation_runs_all_variants_and_resumes(tmp_path):
                classifier_path=clf)
     assert len(more) == 24
     assert torch.load(out / "svg" / "stage2_last.pt", weights_only=False)["step"] == 3
+
+
+def test_latent_diagnostics_counts_redundant_channels():
+    from training.ablation import latent_diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat(40)
+    # 12 channels that are 3 independent signals, each copied 4 times: 3 components hold all the variance
+    centres = 3 * torch.randn(10, 8, 3, generator=g)  # one random mean per class
+    base = torch.randn(400, 8, 3, generator=g) + centres[labels]
+    tokens = base.repeat_interleave(4, dim=2) + 1e-4 * torch.randn(400, 8, 12, generator=g)
+    mean, std = tokens.mean((0, 1), keepdim=True), tokens.std((0, 1), keepdim=True)
+    d = latent_diagnostics(tokens, labels, mean, std, bank=300, queries=100)
+    assert d["channels"] == 12 and d["pcs_99"] == 3
+    assert 1.0 <= d["participation_ratio"] <= 3.0 + 1e-6  # at most the 3 independent signals
+    assert d["knn"] > 0.8  # classes are well separated
