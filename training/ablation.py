@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-class", type=int, default=d.per_class)
     p.add_argument("--guidance", type=float, default=d.guidance)
     p.add_argument("--variants", nargs="+", default=list(d.variants))
+    p.add_argument("--report", action="store_true", help="only rewrite the CSV and plot from results.jsonl")
     p.add_argument("--diagnose", default=None, metavar="CSV",
                    help="only write the latent diagnostics (spectrum, k-NN) of the prepared variants to CSV")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (use 1 on an oversubscribed machine)")
@@ -459,6 +460,13 @@ def main(argv: list[str] | None = None) -> None:
     require_data(p, a.data)
     require_file(p, "--ssl-encoder", a.ssl_encoder)
     torch.set_num_threads(a.threads)
+    if a.report:  # CSV and plot from results.jsonl (e.g. after variants ran in separate processes)
+        rows = [json.loads(line) for line in (Path(a.out) / "results.jsonl").read_text().splitlines()]
+        from training.evaluate import write_csv
+
+        write_csv(rows, a.csv, CSV_FIELDS)
+        plot_ablation(rows, a.plot or Path(a.csv).with_suffix(".png"), cfg)
+        return
     if a.diagnose:
         setup_logging()
         diagnose(a.out, a.diagnose, cfg.variants)
