@@ -42,3 +42,23 @@ def test_encode_cli_rejects_bad_arguments_in_one_line(tmp_path):
 def test_stage1_has_log_ckpt_and_worker_flags():
     done = _run("training.stage1", "--help")
     assert all(flag in done.stdout for flag in ("--log-every", "--ckpt-every", "--workers"))
+
+
+def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_otherwise(capsys, caplog):
+    import logging
+
+    from training.common import Progress
+
+    bar = Progress(10, 0, every=5, name="stage2", tty=True)
+    for step in range(1, 11):
+        bar(step, loss=0.5)
+    bar.close()
+    shown = capsys.readouterr().err
+    assert "stage2" in shown and "10/10" in shown and "step/s" in shown and "loss=0.5" in shown
+    with caplog.at_level(logging.INFO, logger="training"):
+        plain = Progress(10, 0, every=5, name="stage2", tty=False)
+        for step in range(1, 11):
+            plain(step, loss=0.5)
+    assert plain.bar is None and "10/10" not in capsys.readouterr().err  # no bar drawn
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "stage2 step 10/10 loss 0.5" in lines[1] and "steps/s" in lines[1] and "ETA" in lines[1]
