@@ -175,7 +175,8 @@ def run_small(data: str, runs: Path, model_dir: Path) -> dict:
     s1, s2, preset = SMALL["stage1"], SMALL["stage2"], SMALL["preset"]
     stage1.main(["--data", data, "--out", str(runs / "stage1"), "--preset", preset, "--steps", str(s1["steps"]),
                  "--batch-size", str(s1["batch_size"]), "--lr", str(s1["lr"]), "--disc-start", str(s1["disc_start"]),
-                 "--psnr-images", str(s1["psnr_images"]), "--log-every", "10", "--ckpt-every", str(s1["steps"]), "--export", str(model_dir)])
+                 "--psnr-images", str(s1["psnr_images"]), "--log-every", "10", "--ckpt-every", str(s1["steps"]),
+                 "--export", str(model_dir)])
     encode.main(["--data", data, "--model-dir", str(model_dir), "--out", str(runs / "latents.pt"), "--stats",
                  "--limit", str(SMALL["images"])])
     stage2.main(["--data", data, "--model-dir", str(model_dir), "--preset", preset, "--out", str(runs / "stage2"),
