@@ -16,9 +16,9 @@ reads. Every non-2xx answer is a failure, overload answers (429/503) included: t
 
 The load shape (``shapefile.py``, :class:`DataShape`) reads ``shapes/<name>.json`` (or a path) and scales it to
 ``--shape-duration`` and ``--shape-users``; it ends the run. A shape in this file would make Locust ignore ``-u``,
-``-r`` and ``-t`` (with only a warning), which is why it lives apart. At shutdown a ``quitting`` hook sets the process exit code from the SLO
-thresholds ``--slo-max-fail-ratio`` / ``--slo-max-p99-ms`` (0 pass, 1 breached), instead of Locust's default of
-exiting 1 on any single failure (case T25).
+``-r`` and ``-t`` (with only a warning), which is why it lives apart. At shutdown a ``quitting`` hook sets the
+process exit code from the SLO thresholds ``--slo-max-fail-ratio`` / ``--slo-max-p99-ms`` (0 pass, 1 breached),
+instead of Locust's default of exiting 1 on any single failure (case T25).
 """
 
 from __future__ import annotations

@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="steps between checkpoints (<out>/stage1_last.pt)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes for ImageFolder data (the batches are the same for any count)")
+    p.add_argument("--psnr-images", type=int, default=2000,
+                   help="test images for the reconstruction PSNR in stage1_result.json (0 = skip)")
     p.add_argument("--export", default=None, help="write autoencoder.safetensors into this directory")
     a = p.parse_args(argv)
     with usage_errors(p):
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                            disc_layers=a.disc_layers, perceptual_weight=a.perceptual_weight, seed=a.seed,
                            log_every=a.log_every, ckpt_every=a.ckpt_every)
         check_range("workers", a.workers, a.workers >= 0, ">= 0")
+        check_range("psnr_images", a.psnr_images, a.psnr_images >= 0, ">= 0 (0 = skip)")
     with usage_errors(p, "--preset"):
         ae_preset(a.preset)
     require_data(p, a.data)
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         from training.export import export_autoencoder
 
         test = build_dataset(a.data, ae.config.dino.img_size, "test")
-        images = test.tensors[0][:2000] if hasattr(test, "tensors") else None
+        images = test.tensors[0][:a.psnr_images] if hasattr(test, "tensors") and a.psnr_images else None
         result = {"steps": a.steps, "wall_s": round(time.perf_counter() - t0, 1), **report}
         if images is not None:
             result["psnr_db"] = round(reconstruction_psnr(ae, images), 2)

@@ -23,6 +23,7 @@ multi-GPU: ``torchrun --nproc_per_node 8 -m training.stage2 ...`` (docs/training
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -207,7 +208,7 @@ class Stage2Trainer:
         sit_config = unwrap(self.model).config.to_dict()
         if ckpt["sit_config"] != sit_config:
             old, new = ckpt.get("preset"), self.preset
-            if old and new:
+            if old and new and old != new:
                 what = f"was trained with preset {old}; this run asks for {new}"
             else:
                 diff = [f"{k} {ckpt['sit_config'].get(k)} → {v}" for k, v in sit_config.items()
@@ -296,6 +297,48 @@ def train_stage2(trainer: Stage2Trainer, batches, out: Path, sit_dir: Path | Non
     return trainer.ema.model
 
 
+def data_num_classes(data) -> int:
+    """Classes in a dataset (``classes`` of an ImageFolder, else 1 + the largest label of a tensor dataset) or in a
+    labels tensor ``(N,)``."""
+    if isinstance(data, torch.Tensor):
+        return int(data.max()) + 1
+    if hasattr(data, "classes"):
+        return len(data.classes)
+    return int(data.tensors[1].max()) + 1
+
+
+def load_latents(path: Path) -> dict:
+    """A token cache written by ``python -m training.encode``: ``{"tokens": (N, T, C) f32, "labels": (N,) i64}``.
+
+    Raises:
+        ValueError: the file lacks ``tokens`` or ``labels`` (the message names the file and the keys it has).
+    """
+    cache = torch.load(path, map_location="cpu", weights_only=True)
+    if not {"tokens", "labels"} <= set(cache):
+        raise ValueError(f"{path} is not a token cache: keys {sorted(cache)}; expected 'tokens' and 'labels' "
+                         "(write one with python -m training.encode)")
+    return cache
+
+
+def encode_to_cache(ae, dataset, path: Path | None, *, device, batch: int = 256, workers: int = 0) -> dict:
+    """Encode every image of ``dataset`` (any ``(image, label)`` dataset) into raw latent tokens with per-image
+    alignment; save ``{"tokens", "labels"}`` to ``path`` (None: don't save). Returns the dict."""
+    from torch.utils.data import DataLoader
+
+    from svg.latent import to_tokens
+
+    ae.eval()
+    tokens, labels = [], []
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False):
+            tokens.append(to_tokens(ae.encode(x.to(device), align="per_image")).float().cpu())
+            labels.append(y.long())
+    cache = {"tokens": torch.cat(tokens), "labels": torch.cat(labels)}
+    if path is not None:
+        save_checkpoint(path, cache)
+    return cache
+
+
 class TokenBatches:
     """Resumable stream of ``(normalised tokens (B, T, C), labels (B,))`` from a token cache."""
 
@@ -337,7 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=Stage2Config.seed)
     p.add_argument("--log-every", type=int, default=Stage2Config.log_every)
     p.add_argument("--ckpt-every", type=int, default=Stage2Config.ckpt_every)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=4,
+                   help="DataLoader processes for ImageFolder data (the batches are the same for any count)")
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="class labels of the model (0 = the number of classes in --data; the null label is this "
+                        "number); the exported config carries it")
     a = p.parse_args(argv)
     with usage_errors(p):
         cfg = Stage2Config(steps=a.steps, batch_size=a.batch_size, accum=a.accum, lr=a.lr, warmup=a.warmup,
@@ -346,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         check_range("workers", a.workers, a.workers >= 0, ">= 0")
     with usage_errors(p, "--preset"):
         sit_cfg = sit_preset(a.preset)
+    with usage_errors(p):
+        check_range("num_classes", a.num_classes, a.num_classes >= 0, ">= 0 (0 = the number of classes in --data)")
     require_data(p, a.data)
     from svg.checkpoint import load_autoencoder, load_latent_stats  # after the cheap checks: exit 2 comes fast
     from svg.pipeline import AE_FILE, STATS_FILE
@@ -356,26 +405,30 @@ def main(argv: list[str] | None = None) -> None:
     require_model_files(p, model_dir, (AE_FILE, STATS_FILE))
     d = setup_distributed()
     out = Path(a.out)
+    ae = load_autoencoder(model_dir / AE_FILE).to(d.device).eval()
+    norm = load_latent_stats(model_dir / STATS_FILE).to(d.device)
+    dataset = build_dataset(a.data, ae.config.dino.img_size, "train")
+    cache = Path(a.latents) if a.latents else None
+    cached = load_latents(cache) if cache is not None and cache.is_file() else None
+    # The model is built for the classes it is trained on, so the exported config (and GET /models) says what was
+    # trained: 10 for MNIST, not the preset's 1000 (the null label is num_classes).
+    found = data_num_classes(cached["labels"] if cached else dataset)
+    with usage_errors(p):
+        check_range("num_classes", a.num_classes, a.num_classes == 0 or a.num_classes >= found,
+                    f">= {found}, the classes in --data (0 = exactly those)")
+    sit_cfg = dataclasses.replace(sit_cfg, num_classes=a.num_classes or found)
     trainer = Stage2Trainer(sit_cfg, cfg, d, preset=a.preset)
     with usage_errors(p, errors=(ResumeError,)):  # another preset / world / settings: refused (T13)
         resumed = trainer.resume(out / "stage2_last.pt")
     setup_logging(out / "stage2.log" if d.main else None)
     if resumed:
         log.info("stage2: resumed at step %d", trainer.step_count)
-    ae = load_autoencoder(model_dir / AE_FILE).to(d.device).eval()
-    norm = load_latent_stats(model_dir / STATS_FILE).to(d.device)
-    dataset = build_dataset(a.data, ae.config.dino.img_size, "train")
     start_batch = trainer.step_count * cfg.accum
-    if a.latents:
-        cache = Path(a.latents)
-        if cache.is_file():
-            tokens, labels = torch.load(cache, map_location="cpu", weights_only=True).values()
-        else:
-            images, labels = dataset.tensors
-            tokens = encode_dataset(ae, images.to(d.device)).cpu()
-            if d.main:
-                torch.save({"tokens": tokens, "labels": labels}, cache)
-        batches = TokenBatches(tokens, labels, norm.cpu(), cfg.batch_size, d, cfg.seed, start_batch)
+    if cache is not None:
+        if cached is None:
+            cached = encode_to_cache(ae, dataset, cache if d.main else None, device=d.device, workers=a.workers)
+        batches = TokenBatches(cached["tokens"], cached["labels"], norm.cpu(), cfg.batch_size, d, cfg.seed,
+                               start_batch)
         trainer.check_data(batches.batches, start_batch)
     else:  # encode on the fly (reference behaviour at ImageNet scale)
         sampler = Batches(dataset, cfg.batch_size, d.rank, d.world, cfg.seed, a.workers)
