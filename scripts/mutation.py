@@ -24,6 +24,7 @@ import argparse
 import ast
 import csv
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def copy_tree(dst: Path) -> None:
         (dst.parent / "shared").symlink_to(shared)
 
 
-def run_target(name: str, target: Target, work: Path, timeout_s: float) -> list[dict]:
+def run_target(name: str, target: Target, work: Path, timeout_s: float, sample: int | None = None) -> list[dict]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -171,15 +172,32 @@ def run_target(name: str, target: Target, work: Path, timeout_s: float) -> list[
                 continue
             db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
         pending = db.num_work_items - skipped - annotations
+        if sample is not None and pending > sample:
+            # A seeded random subset, so that a short run still spreads over every operator and line.
+            items = [it for it in db.pending_work_items]
+            keep = {it.job_id for it in random.Random(0).sample(items, sample)}
+            for it in items:
+                if it.job_id not in keep:
+                    db.set_result(it.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+            print(f"[{name}] sampling {sample} of {pending} mutants (--sample)", flush=True)
+            pending = sample
     print(f"[{name}] {pending} mutants to run ({skipped} outside {target.scopes or 'the file'}, {annotations} in "
           f"type annotations, which are never evaluated)", flush=True)
     t0 = time.monotonic()
     subprocess.run([python, "-m", "cosmic_ray.cli", "exec", str(config), str(session)], cwd=tree, env=env,
                    check=True)
     print(f"[{name}] done in {time.monotonic() - t0:.0f} s", flush=True)
+    return collect(name, target, tree)
 
+
+def collect(name: str, target: Target, tree: Path) -> list[dict]:
+    """Rows of every mutant that ran in the session under ``tree`` (also for a run that was stopped early)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome
+
+    spans = scope_lines((tree / target.path).read_text(), target.scopes) if target.scopes else []
     rows = []
-    with use_db(str(session), WorkDB.Mode.open) as db:
+    with use_db(str(tree / "session.sqlite"), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 continue
@@ -206,7 +224,7 @@ def _key(row: dict) -> tuple:
     return row["target"], row["path"], str(row["line"]), row["operator"], row["diff"]
 
 
-def write_results(rows: list[dict], targets: list[str]) -> None:
+def write_results(rows: list[dict], targets: list[str], sample: int | None = None) -> None:
     explanations = {}
     kept: list[dict] = []
     if SURVIVORS_CSV.exists():
@@ -235,9 +253,11 @@ def write_results(rows: list[dict], targets: list[str]) -> None:
         killed = sum(1 for r in counted if r["outcome"] != "survived")
         summary[name] = {"target": name, "path": TARGETS[name].path, "scopes": " ".join(TARGETS[name].scopes),
                          "mutants": len(counted), "killed": killed, "survived": len(counted) - killed,
-                         "kill_rate": f"{killed / max(1, len(counted)):.3f}", "date": time.strftime("%Y-%m-%d")}
+                         "kill_rate": f"{killed / max(1, len(counted)):.3f}",
+                         "sampled": "all" if sample is None else f"random {sample}", "date": time.strftime("%Y-%m-%d")}
     with SUMMARY_CSV.open("w", newline="") as f:
-        w = csv.DictWriter(f, ["target", "path", "scopes", "mutants", "killed", "survived", "kill_rate", "date"])
+        w = csv.DictWriter(f, ["target", "path", "scopes", "mutants", "killed", "survived", "kill_rate", "sampled",
+                               "date"])
         w.writeheader()
         w.writerows(summary[k] for k in sorted(summary))
 
@@ -249,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the targets and exit")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run (then: killed)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (its path is printed)")
+    p.add_argument("--sample", type=int, help="run only this many mutants per target, a seeded random subset")
+    p.add_argument("--collect", type=Path, metavar="DIR",
+                   help="write the CSVs from a kept scratch directory (e.g. of a run stopped early) instead")
     a = p.parse_args(argv)
     if a.list:
         for name, t in TARGETS.items():
@@ -261,12 +284,18 @@ def main(argv: list[str] | None = None) -> int:
         import cosmic_ray  # noqa: F401
     except ImportError:
         p.error("cosmic-ray is not installed: pip install -e '.[dev]'")
+    if a.collect is not None:
+        rows = [r for name in names for r in collect(name, TARGETS[name], a.collect / name / "repo")]
+        write_results(rows, names)
+        with SUMMARY_CSV.open() as f:
+            print(f.read())
+        return 0
     work = Path(tempfile.mkdtemp(prefix="svg-mutation-"))
     try:
         rows = []
         for name in names:
-            rows += run_target(name, TARGETS[name], work, a.timeout)
-        write_results(rows, names)
+            rows += run_target(name, TARGETS[name], work, a.timeout, a.sample)
+        write_results(rows, names, a.sample)
     finally:
         if a.keep:
             print(f"scratch kept at {work}")

@@ -163,7 +163,12 @@ class Model:
         assert len(set(plan.rows)) == len(plan.rows)
         assert plan.cost == running_cost <= self.sched.max_rows
         if not plan.rows:
-            assert plan.wait_s is None or plan.wait_s >= 0
+            # Nothing runs: idle (None) without waiting rows, else the rest of the oldest request's batch wait.
+            if not self.waiting:
+                assert plan.wait_s is None, self.log
+            else:
+                oldest = self.reqs[self.waiting[0][0]].arrival
+                assert plan.wait_s == pytest.approx(max(0.0, oldest + self.sched.max_wait_s - now), abs=1e-9)
             if plan.wait_s is not None:
                 # A real sleep lasts at least a microsecond. Sleeping exactly wait_s can leave the fake clock a
                 # rounding error short of the batch-wait threshold (the hint is oldest + max_wait_s − now, the check
@@ -284,3 +289,37 @@ def test_retry_after_follows_the_measured_step_time(step_s, low, high):
     with pytest.raises(QueueFull) as exc:
         sched.submit("refused", [2])
     assert low <= exc.value.retry_after_s <= high, exc.value.retry_after_s
+
+
+def test_max_requests_per_step_still_admits_the_running_requests_own_rows():
+    # With batching off (1 request per step) a request's later rows join as soon as they fit, while a different
+    # request must wait: the cap counts requests, not rows.
+    clock = FakeClock()
+    sched = Scheduler(max_rows=2, max_queue=8, max_wait_s=0.0, max_requests_per_step=1, clock=clock)
+    sched.submit("a", [1, 1, 1])
+    sched.submit("b", [1])
+    assert sched.plan().rows == [("a", 0), ("a", 1)]
+    report_finished(sched, [("a", 1)])
+    plan = sched.plan()
+    assert plan.admitted == [("a", 2)] and sorted(plan.rows) == [("a", 0), ("a", 2)]
+    report_finished(sched, [("a", 0), ("a", 2)])
+    assert sched.plan().admitted == [("b", 0)]
+
+
+def test_bad_cost_error_names_the_first_bad_value():
+    sched = Scheduler(max_rows=2, max_queue=1, max_wait_s=0.0)
+    with pytest.raises(ValueError, match=r"costs contains 3: each row costs 1 \(unguided\) or 2 \(guided\)"):
+        sched.submit("x", [1, 3, 0])
+    assert sched.inflight() == 0  # nothing was queued
+
+
+def test_batch_wait_hint_counts_from_the_oldest_waiting_request():
+    clock = FakeClock()
+    sched = Scheduler(max_rows=8, max_queue=8, max_wait_s=0.3, clock=clock)
+    sched.submit("old", [1])
+    clock.t = 0.1
+    sched.submit("new", [1])
+    plan = sched.plan()
+    assert plan.rows == [] and plan.wait_s == pytest.approx(0.2)  # 0.3 after "old" arrived, not after "new"
+    clock.t = 0.3
+    assert sched.plan().rows == [("old", 0), ("new", 0)]

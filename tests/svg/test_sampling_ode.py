@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from svg.editing import edit
-from svg.sampling import Guidance, GuidanceMode, initial_noise, sample
+from svg.sampling import Guidance, GuidanceMode, initial_noise, sample, shift_time
 
 NUM_CLASSES = 5  # the null label is 5
 T, C = 3, 4
@@ -188,6 +188,18 @@ def test_the_shifted_time_grid_is_the_one_integrated():
     a = sample(field, x0, y, steps=10, shift=0.15, num_classes=NUM_CLASSES).latents
     b = sample(field, x0, y, steps=10, shift=0.0, num_classes=NUM_CLASSES).latents
     assert float((a - b).abs().max()) > 0.05
+
+
+def test_shift_time_on_floats_and_tensors_is_the_formula():
+    # The scalar path (used for single times) and the tensor path (the grid) both follow s·t / (1 + (s − 1)·t).
+    for s in (0.15, 0.4, 1.0, 3.0):
+        for t in (0.0, 0.1, 0.5, 0.9, 1.0):
+            want = s * t / (1 + (s - 1) * t)
+            assert shift_time(t, s) == pytest.approx(want, rel=1e-12, abs=1e-15)
+            assert float(shift_time(torch.tensor(t, dtype=torch.float64), s)) == pytest.approx(want, rel=1e-12,
+                                                                                                  abs=1e-15)
+    assert shift_time(0.3, 0.0) == 0.3 and shift_time(0.3, -1.0) == 0.3  # s <= 0: no shift
+    assert shift_time(1.0, 1e-20) == 1.0  # the 0/0 at t = 1 for a tiny s is the limit 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
