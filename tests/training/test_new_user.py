@@ -55,6 +55,7 @@ def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_other
     bar.close()
     shown = capsys.readouterr().err
     assert "stage2" in shown and "10/10" in shown and "step/s" in shown and "loss=0.5" in shown
+    caplog.clear()  # the bar phase may also log, when an earlier test left the 'training' logger at INFO
     with caplog.at_level(logging.INFO, logger="training"):
         plain = Progress(10, 0, every=5, name="stage2", tty=False)
         for step in range(1, 11):
